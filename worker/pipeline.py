@@ -1,0 +1,187 @@
+"""A whole train job without queue or database: data -> training -> checkpoint -> figures.
+
+The CLI calls :func:`run_training` directly; the Celery task (a later layer)
+calls it with progress and cancel callbacks.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared.specs import TrainSpec
+from worker import figures
+from worker.checkpoint import FIGURES_DIR, METRICS_FILE, library_versions, write_checkpoint
+from worker.data import ImageSplit, load_split
+from worker.files import write_jsonl
+from worker.models import ModelConfig
+from worker.train import (
+    EpochMetrics,
+    TrainState,
+    format_progress,
+    images_to_tensor,
+    new_state,
+    resolve_device,
+    train,
+)
+
+MANIFOLD_STEPS = 20
+INTERPOLATION_STEPS = 8
+RECONSTRUCTION_COUNT = 3
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    folder: Path
+    history: list[EpochMetrics]
+    seconds: float
+    figures: list[Path]
+
+
+def _split_record(split: ImageSplit) -> dict:
+    return {"count": len(split), "files": {Path(p).name: sha for p, sha in split.files.items()}}
+
+
+@torch.no_grad()
+def _encode(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    return torch.cat([model.encode(chunk) for chunk in x.split(4096)]).cpu().numpy()
+
+
+@torch.no_grad()
+def _decode(model: nn.Module, codes: np.ndarray | list, device: torch.device) -> np.ndarray:
+    z = torch.as_tensor(np.asarray(codes, dtype=np.float32), device=device)
+    return model.decode(z).cpu().numpy()
+
+
+def seed_coordinates(latent_dim: int) -> np.ndarray:
+    """The notebook's six points; other dimensions are zero-padded or truncated."""
+    coords = np.zeros((len(figures.SEED_COORDS), latent_dim), dtype=np.float32)
+    width = min(2, latent_dim)
+    coords[:, :width] = np.asarray(figures.SEED_COORDS, dtype=np.float32)[:, :width]
+    return coords
+
+
+def draw_train_figures(
+    model: nn.Module,
+    train: ImageSplit,
+    test: ImageSplit,
+    train_x: torch.Tensor,
+    test_x: torch.Tensor,
+    history: list[dict],
+    folder: Path,
+) -> list[Path]:
+    model.eval()
+    device = train_x.device
+    shape = train.image_shape
+    latent_dim = model.config.latent_dim
+    out: list[Path] = []
+
+    train_codes = _encode(model, train_x)
+    out.append(
+        figures.latent_scatter(
+            train_codes, train.labels, folder / "latent_scatter.png",
+            title=f"Latent space of the training set ({train.dataset}, {len(train):,} images)",
+        )
+    )
+
+    originals = test_x[:RECONSTRUCTION_COUNT]
+    with torch.no_grad():
+        recon = model(originals).reconstruction.cpu().numpy()
+    out.append(figures.reconstructions(originals.cpu().numpy(), recon, shape, folder / "reconstructions.png"))
+
+    coords = seed_coordinates(latent_dim)
+    out.append(figures.decoded_grid(_decode(model, coords, device), coords.tolist(), shape, folder / "generated.png"))
+
+    out.append(figures.loss_curve(history, folder / "loss_curve.png"))
+
+    if latent_dim == 2:
+        xs, ys = figures.manifold_axes(train_codes, MANIFOLD_STEPS)
+        grid = np.array([[x, y] for y in ys for x in xs], dtype=np.float32)
+        out.append(figures.latent_manifold(_decode(model, grid, device), xs, ys, shape, folder / "latent_manifold.png"))
+
+    # The first test digit and the first one of another class.
+    first = 0
+    second = int(np.argmax(test.labels != test.labels[first]))
+    ends = test_x[[first, second]]
+    end_codes = _encode(model, ends)
+    alphas = np.linspace(0.0, 1.0, INTERPOLATION_STEPS)
+    path_codes = (1 - alphas)[:, None] * end_codes[0] + alphas[:, None] * end_codes[1]
+    out.append(
+        figures.interpolation_strip(
+            _decode(model, path_codes, device), ends.cpu().numpy(), alphas, shape,
+            folder / "interpolation.png", (int(test.labels[first]), int(test.labels[second])),
+        )
+    )
+    return out
+
+
+def run_training(
+    spec: TrainSpec,
+    out_dir: str | os.PathLike,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    log: Callable[[str], None] = print,
+    on_epoch: Callable[[TrainState, EpochMetrics], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    started = time.perf_counter()
+    folder = Path(out_dir)
+    train_split = load_split(spec.dataset, "train", data_dir, download=download)
+    test_split = load_split(spec.dataset, "test", data_dir, download=download)
+    device = resolve_device(spec.device)
+    config = ModelConfig(
+        kind=spec.model, input_shape=train_split.image_shape, latent_dim=spec.latent_dim, hidden=spec.hidden
+    )
+    log(
+        f"training {spec.model} (latent {spec.latent_dim}, hidden {list(spec.hidden)}) on {spec.dataset}:"
+        f" {len(train_split):,} train / {len(test_split):,} test images, {spec.epochs} epochs, device {device}"
+    )
+    state = new_state(spec, config, device)
+    train_x = images_to_tensor(train_split, device)
+    test_x = images_to_tensor(test_split, device)
+
+    def after_epoch(st: TrainState, metrics: EpochMetrics) -> None:
+        log(format_progress(metrics, spec.epochs))
+        write_jsonl(folder / METRICS_FILE, [m.to_dict() for m in st.history])
+        if on_epoch is not None:
+            on_epoch(st, metrics)
+
+    train(spec, state, train_x, test_x, on_epoch=after_epoch, should_stop=should_stop)
+    train_seconds = time.perf_counter() - started
+    history = [m.to_dict() for m in state.history]
+    last = state.history[-1]
+    record = {
+        "model": config.to_dict(),
+        "train": spec.to_dict(),
+        "data": {
+            "dataset": spec.dataset,
+            "train": _split_record(train_split),
+            "test": _split_record(test_split),
+        },
+        "device": str(device),
+        "versions": library_versions(),
+        "result": {
+            "epochs": state.epoch,
+            "train_loss": last.train_loss,
+            "test_loss": last.test_loss,
+            "seconds": round(train_seconds, 3),
+        },
+    }
+    figure_paths = draw_train_figures(
+        state.model, train_split, test_split, train_x, test_x, history, folder / FIGURES_DIR
+    )
+    write_checkpoint(folder, state.model, record, history)
+    seconds = time.perf_counter() - started
+    log(
+        f"done in {seconds:.1f}s: train {last.train_loss:.4f}, test {last.test_loss:.4f};"
+        f" checkpoint and {len(figure_paths)} figures in {folder}"
+    )
+    return TrainResult(folder=folder, history=list(state.history), seconds=seconds, figures=figure_paths)
