@@ -83,7 +83,7 @@ def reconstructions(
     """Figure (b): originals on top, reconstructions below."""
     originals, reconstructed = _as_images(originals, shape), _as_images(reconstructed, shape)
     n = len(originals)
-    fig, axes = plt.subplots(2, n, figsize=(2 * n, 4.4), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(2 * n, 4.4), squeeze=False, layout="constrained")
     for i in range(n):
         for row, (images, label) in enumerate(((originals, "Original"), (reconstructed, "Reconstructed"))):
             ax = axes[row, i]
@@ -109,7 +109,9 @@ def decoded_grid(
     """Figure (c): each decoded point titled with its latent coordinates."""
     images = _as_images(decoded, shape)
     rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(2.2 * columns, 2.4 * rows + 0.4), squeeze=False, layout="constrained"
+    )
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, point in zip(axes.flat, images, coords):
@@ -121,7 +123,7 @@ def decoded_grid(
 
 def loss_curve(history: Sequence[dict], path: str | os.PathLike) -> Path:
     epochs = [row["epoch"] for row in history]
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
     ax.plot(epochs, [row["train_loss"] for row in history], marker="o", ms=3, label="train")
     ax.plot(epochs, [row["test_loss"] for row in history], marker="o", ms=3, label="test")
     ax.set_xlabel("Epoch")
@@ -146,7 +148,7 @@ def latent_manifold(
     h, w = shape
     images = _as_images(decoded, shape).reshape(len(ys), len(xs), h, w)
     mosaic = images.transpose(0, 2, 1, 3).reshape(len(ys) * h, len(xs) * w)
-    fig, ax = plt.subplots(figsize=(9, 9))
+    fig, ax = plt.subplots(figsize=(9, 9), layout="constrained")
     ax.imshow(mosaic, cmap="gray", vmin=0.0, vmax=1.0, extent=(xs[0], xs[-1], ys[-1], ys[0]), aspect="auto")
     ax.set_xlabel("Latent Dimension 1")
     ax.set_ylabel("Latent Dimension 2")
@@ -166,7 +168,7 @@ def interpolation_strip(
     images = _as_images(decoded, shape)
     ends = _as_images(endpoints, shape)
     n = len(images) + 2
-    fig, axes = plt.subplots(1, n, figsize=(1.3 * n, 2.2), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(1.3 * n, 2.0), squeeze=False, layout="constrained")
     panels = [(ends[0], f"input {endpoint_labels[0]}")]
     panels += [(img, f"t={a:.2f}") for img, a in zip(images, alphas)]
     panels += [(ends[1], f"input {endpoint_labels[1]}")]

@@ -1,0 +1,72 @@
+"""Shared fixtures. Tests read real MNIST from LATENTFORGE_DATA_DIR
+(CI: ../shared/data/mnist beside the repository)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+
+
+def _find_mnist() -> Path:
+    candidates = [os.environ.get("LATENTFORGE_DATA_DIR"), REPO.parent / "shared" / "data" / "mnist", REPO / "data"]
+    for candidate in candidates:
+        if candidate and all((Path(candidate) / name).is_file() for name in MNIST_FILES):
+            return Path(candidate).resolve()
+    raise pytest.UsageError(
+        "MNIST IDX files not found: set LATENTFORGE_DATA_DIR to a folder holding "
+        + ", ".join(MNIST_FILES)
+    )
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    return _find_mnist()
+
+
+@pytest.fixture(scope="session")
+def mnist_train(mnist_dir):
+    from worker.data import load_split
+
+    return load_split("mnist", "train", mnist_dir)
+
+
+@pytest.fixture(scope="session")
+def mnist_test(mnist_dir):
+    from worker.data import load_split
+
+    return load_split("mnist", "test", mnist_dir)
+
+
+@pytest.fixture(scope="session")
+def torchvision_root(mnist_dir, tmp_path_factory) -> Path:
+    """The shared files laid out as torchvision's MNIST expects (root/MNIST/raw, unpacked)."""
+    root = tmp_path_factory.mktemp("tv")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:
+        with gzip.open(mnist_dir / name) as src, open(raw / name[:-3], "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(mnist_dir, tmp_path_factory):
+    """One short seed-preset run through the whole pipeline, shared by read-only tests."""
+    from shared.specs import TrainSpec
+    from worker.pipeline import run_training
+
+    out = tmp_path_factory.mktemp("run")
+    result = run_training(TrainSpec.from_dict({"preset": "seed", "epochs": 2}), out, data_dir=mnist_dir, log=lambda _: None)
+    return result
