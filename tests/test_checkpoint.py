@@ -1,0 +1,94 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from worker.checkpoint import CheckpointError, load_model, read_metrics
+from worker.models import AutoEncoder
+
+SHAPES = {
+    "latent_scatter": (2400, 1800),  # 8x6 in at dpi 300
+    "reconstructions": (600, 440),
+    "generated": (660, 520),
+    "loss_curve": (800, 500),
+    "latent_manifold": (900, 900),
+    "interpolation": (1300, 200),
+}
+
+
+def test_checkpoint_folder_describes_itself(trained_run, mnist_dir):
+    folder = trained_run.folder
+    config = json.loads((folder / "config.json").read_text())
+    assert config["format"] == "latentforge.checkpoint/1"
+    assert config["model"] == {"kind": "ae", "input_shape": [28, 28], "latent_dim": 2, "hidden": [128, 64]}
+    assert config["train"]["preset"] == "seed" and config["train"]["epochs"] == 2 and config["train"]["seed"] == 47
+    assert config["data"]["train"]["count"] == 19690 and config["data"]["test"]["count"] == 10000
+    assert config["data"]["train"]["files"]["train-images-idx3-ubyte.gz"].startswith("af7b4082")
+    assert set(config["versions"]) >= {"torch", "numpy", "python", "safetensors"}
+    assert config["result"]["epochs"] == 2
+    assert config["result"]["train_loss"] == pytest.approx(trained_run.history[-1].train_loss)
+
+
+def test_metrics_jsonl_has_one_row_per_epoch(trained_run):
+    rows = read_metrics(trained_run.folder)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for row in rows:
+        assert set(row) >= {"epoch", "train_loss", "test_loss", "seconds"}
+        assert 0 < row["test_loss"] < 0.2 and row["seconds"] > 0
+    assert rows[1]["train_loss"] < rows[0]["train_loss"]
+
+
+def test_weights_are_safetensors_not_pickle(trained_run):
+    path = trained_run.folder / "model.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        assert sorted(f.keys()) == sorted(AutoEncoder().state_dict())
+    assert not list(trained_run.folder.rglob("*.pt")) and not list(trained_run.folder.rglob("*.pkl"))
+
+
+def test_round_trip_gives_identical_outputs(trained_run, mnist_test):
+    model, config = load_model(trained_run.folder)
+    again, _ = load_model(trained_run.folder)
+    x = torch.from_numpy(mnist_test.images[:64]).float().div(255)
+    with torch.no_grad():
+        a, b = model(x), again(x)
+    assert torch.equal(a.reconstruction, b.reconstruction) and torch.equal(a.code, b.code)
+    # The reloaded model is the trained one, not a fresh initialisation.
+    mse = torch.nn.functional.mse_loss(a.reconstruction, x.view(64, -1)).item()
+    assert mse < 0.07
+    assert model.training is False
+
+
+def test_figures_are_pngs_of_the_expected_size(trained_run):
+    names = {p.stem for p in trained_run.figures}
+    assert names == set(SHAPES)
+    for path in trained_run.figures:
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            assert image.format == "PNG"
+            assert image.size == SHAPES[path.stem], path.name
+            pixels = np.asarray(image.convert("L"))
+            assert pixels.std() > 5, f"{path.name} is blank"
+        thumb = path.with_name(path.stem + ".thumb.png")
+        with Image.open(thumb) as image:
+            assert image.format == "PNG"
+            assert image.size[0] <= 320 and image.size[1] <= 240
+    # No temporary files left behind.
+    assert not [p for p in trained_run.folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_load_errors_name_the_problem(tmp_path, trained_run):
+    with pytest.raises(CheckpointError, match="config.json: not found"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_model(tmp_path)
+    config = json.loads((trained_run.folder / "config.json").read_text())
+    config["model"]["latent_dim"] = 3
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").write_bytes((trained_run.folder / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="weights do not fit the config"):
+        load_model(tmp_path)
