@@ -5,6 +5,7 @@ product imports this module.
 """
 
 import random
+import time
 
 import numpy as np
 import torch
@@ -44,8 +45,8 @@ def seed_notebook(seed=47):
     random.seed(seed)
 
 
-def notebook_run(root, epochs, n_train=None, n_test=None, on_model=None):
-    """Train as the notebook does; return per-epoch (train_loss, test_loss).
+def notebook_run(root, epochs, n_train=None, n_test=None, on_model=None, device="cpu"):
+    """Train as the notebook does; return per-epoch (train_loss, test_loss, seconds).
 
     The test loss is measured inside ``fork_rng`` so that evaluating, which the
     notebook does not do per epoch, leaves its random stream untouched.
@@ -64,13 +65,16 @@ def notebook_run(root, epochs, n_train=None, n_test=None, on_model=None):
     model = AutoEncoder()
     if on_model is not None:
         on_model(model)
+    model = model.to(device)
     criterion = nn.MSELoss()
     optimizer = optim.Adam(model.parameters(), lr=1e-3)
     history = []
     for epoch in range(epochs):
+        started = time.perf_counter()
         model.train()
         running_loss = 0.0
         for images, _ in train_loader:
+            images = images.to(device)
             reconstructed, _ = model(images)
             loss = criterion(reconstructed, images.view(images.size(0), -1))
             optimizer.zero_grad()
@@ -83,7 +87,8 @@ def notebook_run(root, epochs, n_train=None, n_test=None, on_model=None):
             test_running = 0.0
             with torch.no_grad():
                 for images, _ in test_loader:
+                    images = images.to(device)
                     reconstructed, _ = model(images)
                     test_running += criterion(reconstructed, images.view(images.size(0), -1)).item()
-        history.append((train_loss, test_running / len(test_loader)))
+        history.append((train_loss, test_running / len(test_loader), time.perf_counter() - started))
     return history, model
