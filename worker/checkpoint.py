@@ -50,7 +50,9 @@ def library_versions() -> dict[str, str]:
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    # clone(): training keeps parameters as views of one buffer; safetensors
+    # refuses tensors that share memory.
+    tensors = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", "latentforge": FORMAT})
 
