@@ -31,7 +31,7 @@ from shared.specs import TrainSpec  # noqa: E402
 from tests.notebook import notebook_run  # noqa: E402  (the notebook's code, verbatim)
 from worker.data import load_split  # noqa: E402
 from worker.models import ModelConfig  # noqa: E402
-from worker.train import images_to_tensor, new_state, resolve_device, train  # noqa: E402
+from worker.train import images_to_tensor, keep_large_allocations_on_heap, new_state, resolve_device, train  # noqa: E402
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -65,6 +65,8 @@ def main() -> int:
     parser.add_argument("--data-dir", default=os.environ.get("LATENTFORGE_DATA_DIR", str(REPO.parent / "shared/data/mnist")))
     args = parser.parse_args()
     device = resolve_device(args.device)
+    # Process-wide: give the notebook loop the same allocator setting as ours.
+    keep_large_allocations_on_heap()
     data_dir = Path(args.data_dir).resolve()
     n_train = len(load_split("mnist", "train", data_dir))
 
