@@ -1,23 +1,29 @@
-"""Validated job specs, shared by API (request checks), worker and CLI.
+"""Validated job specs, shared by the API (request checks), worker and CLI.
 
 Nothing here imports torch, so the API validates a job with the very rules
-the worker runs it by. Every field has a default; a spec is built with
-:meth:`TrainSpec.from_dict`, which rejects unknown fields, wrong types and
-out-of-range values with a :class:`SpecError` that lists each field at fault.
+the worker runs it by. Every field has a default. A spec is built with
+``<Spec>.from_dict``, which rejects unknown fields, wrong types (no "5" for 5,
+no true for 1) and out-of-range or non-finite values with a
+:class:`SpecError` listing each field at fault. The models also give the
+JSON schemas of the OpenAPI document.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+import uuid
+from enum import Enum
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 MODELS = ("ae",)
 DATASETS = ("mnist", "fashion_mnist")
 DEVICES = ("auto", "cpu", "cuda")
 PRESETS = ("seed",)
+SPLITS = ("train", "test")
+MAX_SAMPLE_POINTS = 1024
 
-# The seed notebook (SPEC §1): these are also every field's default.
+# The seed notebook (SPEC §1): these are also every train field's default.
 SEED_PRESET: dict[str, Any] = {
     "model": "ae",
     "dataset": "mnist",
@@ -30,6 +36,12 @@ SEED_PRESET: dict[str, Any] = {
 }
 
 
+class JobKind(str, Enum):
+    TRAIN = "train"
+    EMBED = "embed"
+    SAMPLE = "sample"
+
+
 class SpecError(ValueError):
     """One or more fields are invalid; ``errors`` is a list of (field, message)."""
 
@@ -37,91 +49,124 @@ class SpecError(ValueError):
         self.errors = errors
         super().__init__("; ".join(f"{name}: {msg}" for name, msg in errors))
 
-
-def _rule(**kw: Any) -> dict[str, Any]:
-    return {"rule": kw}
-
-
-def _check(name: str, value: Any, rule: dict[str, Any]) -> str | None:
-    """Return an error message for ``value`` or None when it is valid."""
-    kind = rule["type"]
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            return f"must be an integer, got {type(value).__name__}"
-    elif kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"must be a number, got {type(value).__name__}"
-        if not math.isfinite(value):
-            return "must be a finite number"
-    elif kind is str:
-        if not isinstance(value, str):
-            return f"must be a string, got {type(value).__name__}"
-        if value not in rule["choices"]:
-            return f"must be one of {', '.join(map(repr, rule['choices']))}, got {value!r}"
-        return None
-    elif kind is list:
-        if not isinstance(value, (list, tuple)) or not value:
-            return "must be a non-empty list of integers"
-        if len(value) > rule["max_len"]:
-            return f"must have at most {rule['max_len']} entries"
-        for i, item in enumerate(value):
-            msg = _check(f"{name}[{i}]", item, {**rule, "type": int})
-            if msg:
-                return f"entry {i} {msg}"
-        return None
-    lo, hi = rule.get("min"), rule.get("max")
-    if lo is not None and (value < lo if rule.get("inclusive", True) else value <= lo):
-        return f"must be {'at least' if rule.get('inclusive', True) else 'greater than'} {lo}, got {value}"
-    if hi is not None and value > hi:
-        return f"must be at most {hi}, got {value}"
-    return None
+    @classmethod
+    def from_validation(cls, exc: ValidationError, prefix: str = "") -> "SpecError":
+        errors = []
+        for err in exc.errors(include_url=False):
+            loc = ".".join(str(part) for part in err["loc"]) or "(body)"
+            errors.append((prefix + loc, err["msg"]))
+        return cls(errors)
 
 
-@dataclass(frozen=True)
-class TrainSpec:
-    """What a train job runs. Defaults are the seed notebook's values."""
+def _finite_number(**kw: Any) -> Any:
+    return Field(strict=True, allow_inf_nan=False, **kw)
 
-    model: str = field(default="ae", metadata=_rule(type=str, choices=MODELS))
-    dataset: str = field(default="mnist", metadata=_rule(type=str, choices=DATASETS))
-    latent_dim: int = field(default=2, metadata=_rule(type=int, min=1, max=512))
-    hidden: tuple[int, ...] = field(
-        default=(128, 64), metadata=_rule(type=list, min=1, max=8192, max_len=8)
-    )
-    epochs: int = field(default=50, metadata=_rule(type=int, min=1, max=10_000))
-    batch_size: int = field(default=256, metadata=_rule(type=int, min=1, max=65_536))
-    lr: float = field(default=1e-3, metadata=_rule(type=float, min=0.0, max=10.0, inclusive=False))
-    beta: float = field(default=1.0, metadata=_rule(type=float, min=0.0, max=1_000.0))
-    seed: int = field(default=47, metadata=_rule(type=int, min=0, max=2**63 - 1))
-    device: str = field(default="auto", metadata=_rule(type=str, choices=DEVICES))
-    preset: str | None = field(default=None, metadata=_rule(type=str, choices=PRESETS))
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    kind: ClassVar[JobKind]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "TrainSpec":
-        data = dict(data or {})
-        if data.get("preset") == "seed":
-            data = {**SEED_PRESET, **data}
-        known = {f.name: f for f in fields(cls)}
-        errors = [(name, "unknown field") for name in data if name not in known]
-        values: dict[str, Any] = {}
-        for name, value in data.items():
-            if name not in known:
-                continue
-            if value is None and name == "preset":
-                continue
-            msg = _check(name, value, known[name].metadata["rule"])
-            if msg:
-                errors.append((name, msg))
-            else:
-                values[name] = tuple(value) if name == "hidden" else value
-        if errors:
-            raise SpecError(errors)
-        if "lr" in values:
-            values["lr"] = float(values["lr"])
-        if "beta" in values:
-            values["beta"] = float(values["beta"])
-        return cls(**values)
+    def from_dict(cls, data: dict[str, Any] | None) -> "Spec":
+        if data is not None and not isinstance(data, dict):
+            raise SpecError([("spec", "must be a JSON object")])
+        try:
+            return cls.model_validate(data or {})
+        except ValidationError as exc:
+            raise SpecError.from_validation(exc) from None
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["hidden"] = list(self.hidden)
-        return out
+        return self.model_dump(mode="json")
+
+
+class TrainSpec(Spec):
+    """What a train job runs. Defaults are the seed notebook's values."""
+
+    kind: ClassVar[JobKind] = JobKind.TRAIN
+
+    model: Literal["ae"] = "ae"
+    dataset: Literal["mnist", "fashion_mnist"] = "mnist"
+    latent_dim: Annotated[StrictInt, Field(ge=1, le=512)] = 2
+    hidden: Annotated[tuple[Annotated[StrictInt, Field(ge=1, le=8192)], ...], Field(min_length=1, max_length=8)] = (128, 64)
+    epochs: Annotated[StrictInt, Field(ge=1, le=10_000)] = 50
+    batch_size: Annotated[StrictInt, Field(ge=1, le=65_536)] = 256
+    lr: Annotated[float, _finite_number(gt=0.0, le=10.0)] = 1e-3
+    beta: Annotated[float, _finite_number(ge=0.0, le=1_000.0)] = 1.0
+    seed: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] = 47
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    preset: Literal["seed"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") == "seed":
+            return {**SEED_PRESET, **data}
+        return data
+
+
+def _job_id(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a job id (a UUID string)")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a job id (a UUID)") from None
+
+
+class ParentSpec(Spec):
+    model_job: str = Field(description="id of a succeeded train job")
+
+    @field_validator("model_job", mode="before")
+    @classmethod
+    def _check_id(cls, value: Any) -> str:
+        return _job_id(value)
+
+
+class EmbedSpec(ParentSpec):
+    """Codes of one split under a trained model."""
+
+    kind: ClassVar[JobKind] = JobKind.EMBED
+
+    split: Literal["train", "test"] = "test"
+    limit: Annotated[StrictInt, Field(ge=1, le=100_000)] | None = Field(
+        default=5000, description="first N images of the split; null for all"
+    )
+
+
+class SampleSpec(ParentSpec):
+    """Decode given latent points, or ``n`` draws from the model's prior."""
+
+    kind: ClassVar[JobKind] = JobKind.SAMPLE
+
+    latent_coords: (
+        Annotated[
+            list[Annotated[list[Annotated[float, _finite_number()]], Field(min_length=1, max_length=512)]],
+            Field(min_length=1, max_length=MAX_SAMPLE_POINTS),
+        ]
+        | None
+    ) = Field(default=None, description="points to decode, each of the model's latent size")
+    n: Annotated[StrictInt, Field(ge=1, le=MAX_SAMPLE_POINTS)] = 16
+    seed: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] = 0
+
+    @field_validator("latent_coords")
+    @classmethod
+    def _same_width(cls, value: list[list[float]] | None) -> list[list[float]] | None:
+        if value and len({len(point) for point in value}) != 1:
+            raise ValueError("every point must have the same number of coordinates")
+        return value
+
+
+SPEC_TYPES: dict[JobKind, type[Spec]] = {JobKind.TRAIN: TrainSpec, JobKind.EMBED: EmbedSpec, JobKind.SAMPLE: SampleSpec}
+
+
+def parse_spec(kind: str, data: Any) -> Spec:
+    try:
+        job_kind = JobKind(kind)
+    except ValueError:
+        raise SpecError([("kind", f"must be one of {', '.join(k.value for k in JobKind)}, got {kind!r}")]) from None
+    if data is not None and not isinstance(data, dict):
+        raise SpecError([("spec", "must be a JSON object")])
+    try:
+        return SPEC_TYPES[job_kind].from_dict(data)
+    except SpecError as exc:
+        raise SpecError([(f"spec.{name}", msg) for name, msg in exc.errors]) from None

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from shared.specs import SEED_PRESET, SpecError, TrainSpec
+from shared.specs import SEED_PRESET, EmbedSpec, SampleSpec, SpecError, TrainSpec, parse_spec
 
 
 def test_defaults_are_the_seed_notebook():
@@ -25,27 +25,29 @@ def test_round_trip():
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("epochs", 0, "must be at least 1"),
-        ("epochs", 10**7, "must be at most 10000"),
-        ("epochs", "5", "must be an integer"),
-        ("epochs", True, "must be an integer"),
-        ("latent_dim", 0, "must be at least 1"),
-        ("batch_size", 0, "must be at least 1"),
-        ("lr", math.nan, "must be a finite number"),
-        ("lr", 0, "must be greater than 0"),
-        ("lr", "fast", "must be a number"),
-        ("model", "gan", "must be one of 'ae'"),
-        ("dataset", "cifar", "must be one of"),
-        ("device", "tpu", "must be one of 'auto', 'cpu', 'cuda'"),
-        ("hidden", [], "non-empty list"),
-        ("hidden", [128, -1], "entry 1 must be at least 1"),
-        ("hidden", [1] * 9, "at most 8 entries"),
-        ("preset", "fast", "must be one of 'seed'"),
+        ("epochs", 0, "greater than or equal to 1"),
+        ("epochs", 10**7, "less than or equal to 10000"),
+        ("epochs", "5", "valid integer"),
+        ("epochs", True, "valid integer"),
+        ("epochs", 2.0, "valid integer"),
+        ("latent_dim", 0, "greater than or equal to 1"),
+        ("batch_size", 0, "greater than or equal to 1"),
+        ("lr", math.nan, "finite number"),
+        ("lr", math.inf, "finite number"),
+        ("lr", 0, "greater than 0"),
+        ("lr", "fast", "valid number"),
+        ("model", "gan", "'ae'"),
+        ("dataset", "cifar", "'mnist' or 'fashion_mnist'"),
+        ("device", "tpu", "'auto', 'cpu' or 'cuda'"),
+        ("hidden", [], "at least 1 item"),
+        ("hidden.1", [128, -1], "greater than or equal to 1"),
+        ("hidden", [1] * 9, "at most 8 items"),
+        ("preset", "fast", "'seed'"),
     ],
 )
 def test_invalid_fields_are_named(field, value, message):
     with pytest.raises(SpecError) as err:
-        TrainSpec.from_dict({field: value})
+        TrainSpec.from_dict({field.split(".")[0]: value})
     assert err.value.errors[0][0] == field
     assert message in err.value.errors[0][1]
 
@@ -54,4 +56,34 @@ def test_unknown_fields_and_several_errors_at_once():
     with pytest.raises(SpecError) as err:
         TrainSpec.from_dict({"epochz": 3, "lr": -1, "batch_size": 0})
     assert sorted(name for name, _ in err.value.errors) == ["batch_size", "epochz", "lr"]
-    assert ("epochz", "unknown field") in err.value.errors
+    assert ("epochz", "Extra inputs are not permitted") in err.value.errors
+
+
+def test_parse_spec_prefixes_fields_and_checks_kind():
+    with pytest.raises(SpecError) as err:
+        parse_spec("train", {"epochs": 0})
+    assert err.value.errors[0][0] == "spec.epochs"
+    with pytest.raises(SpecError) as err:
+        parse_spec("dance", {})
+    assert err.value.errors[0][0] == "kind"
+    with pytest.raises(SpecError) as err:
+        parse_spec("train", [1, 2])
+    assert err.value.errors == [("spec", "must be a JSON object")]
+
+
+def test_embed_and_sample_specs():
+    job = "6f1c1a1e-2b7e-4a53-9a43-0d3c1b9f8e21"
+    assert EmbedSpec.from_dict({"model_job": job}).limit == 5000
+    with pytest.raises(SpecError) as err:
+        EmbedSpec.from_dict({"model_job": "abc"})
+    assert err.value.errors[0][0] == "model_job" and "not a job id" in err.value.errors[0][1]
+    with pytest.raises(SpecError):
+        EmbedSpec.from_dict({})
+    sample = SampleSpec.from_dict({"model_job": job, "latent_coords": [[0, 1], [2.5, -3]]})
+    assert sample.latent_coords == [[0.0, 1.0], [2.5, -3.0]]
+    with pytest.raises(SpecError) as err:
+        SampleSpec.from_dict({"model_job": job, "latent_coords": [[0, 1], [2]]})
+    assert "same number of coordinates" in err.value.errors[0][1]
+    with pytest.raises(SpecError) as err:
+        SampleSpec.from_dict({"model_job": job, "latent_coords": [[0, float("nan")]]})
+    assert err.value.errors[0][0] == "latent_coords.0.1"
