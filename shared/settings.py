@@ -16,6 +16,10 @@ from typing import Mapping
 ENV_PREFIX = "LATENTFORGE_"
 
 
+class SettingsError(ValueError):
+    """A LATENTFORGE_* variable has a value that cannot be used."""
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -24,6 +28,13 @@ class Settings:
     artifact_dir: Path
     data_dir: Path
     api_token: str | None
+    api_url: str = "http://127.0.0.1:8000"
+    # Delivery: a running job's worker refreshes heartbeat_at every
+    # heartbeat_seconds; after stale_after_seconds without one the job is
+    # requeued (resuming from its last epoch), at most max_attempts runs in all.
+    heartbeat_seconds: float = 5.0
+    stale_after_seconds: float = 60.0
+    max_attempts: int = 3
 
     @property
     def uses_embedded_broker(self) -> bool:
@@ -47,6 +58,25 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     broker_url = get("BROKER_URL") or "filesystem://"
     artifact_dir = Path(get("ARTIFACT_DIR") or home / "artifacts").expanduser().resolve()
     data_dir = Path(get("DATA_DIR") or "./data").expanduser().resolve()
+    def number(name: str, default: float, kind: type = float, minimum: float = 0.0) -> float:
+        raw = get(name)
+        if raw is None:
+            return default
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise SettingsError(f"{ENV_PREFIX}{name}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
+        if value <= minimum:
+            raise SettingsError(f"{ENV_PREFIX}{name}={raw!r} must be greater than {minimum:g}")
+        return value
+
+    heartbeat = number("HEARTBEAT_SECONDS", 5.0)
+    stale_after = number("STALE_AFTER_SECONDS", max(60.0, 6 * heartbeat))
+    if stale_after <= 2 * heartbeat:
+        raise SettingsError(
+            f"{ENV_PREFIX}STALE_AFTER_SECONDS ({stale_after:g}) must exceed twice"
+            f" {ENV_PREFIX}HEARTBEAT_SECONDS ({heartbeat:g})"
+        )
     return Settings(
         home=home,
         database_url=database_url,
@@ -54,4 +84,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         artifact_dir=artifact_dir,
         data_dir=data_dir,
         api_token=get("API_TOKEN"),
+        api_url=(get("API_URL") or "http://127.0.0.1:8000").rstrip("/"),
+        heartbeat_seconds=heartbeat,
+        stale_after_seconds=stale_after,
+        max_attempts=int(number("MAX_ATTEMPTS", 3, int)),
     )

@@ -15,7 +15,7 @@ import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from torch import nn
 
 from worker.files import atomic_path, write_json, write_jsonl
 from worker.models import ModelConfig, build_model
+
+if TYPE_CHECKING:
+    from worker.train import TrainState
 
 FORMAT = "latentforge.checkpoint/1"
 CONFIG_FILE = "config.json"
@@ -109,3 +112,80 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"{weights_path}: weights do not fit the config ({exc})") from None
     return model.to(device).eval(), config
+
+
+# -- resumable training state ---------------------------------------------------------
+# A train job writes this after every epoch; a later attempt of the same job
+# (after its worker died) continues from it with the same random streams, so
+# the resumed run ends where an uninterrupted one would have.
+
+RESUME_TENSORS = "state.safetensors"
+RESUME_META = "state.json"
+
+
+def save_training_state(folder: str | os.PathLike, state: "TrainState") -> None:
+    import random as _random
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    optim = state.optimizer.state_dict()
+    tensors = {f"model.{k}": v.detach().to("cpu").clone() for k, v in state.model.state_dict().items()}
+    for index, param_state in optim["state"].items():
+        for key, value in param_state.items():
+            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().to("cpu").clone()
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = cuda_state
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np.asarray(np_keys, dtype=np.int64))
+    py_version, py_state, py_gauss = _random.getstate()
+    meta = {
+        "epoch": state.epoch,
+        "history": [m.to_dict() for m in state.history],
+        "param_groups": optim["param_groups"],
+        "numpy": [np_kind, int(np_pos), int(np_has_gauss), float(np_gauss)],
+        "random": [py_version, list(py_state), py_gauss],
+    }
+    # Tensors first, then the JSON that names the epoch: a crash in between
+    # leaves the previous epoch's JSON, which the loader checks against.
+    with atomic_path(folder / RESUME_TENSORS) as tmp:
+        save_file(tensors, str(tmp), metadata={"epoch": str(state.epoch)})
+    write_json(folder / RESUME_META, meta)
+
+
+def load_training_state(folder: str | os.PathLike, state: "TrainState") -> bool:
+    """Restore ``state`` from ``folder``; False when there is nothing (consistent) to resume."""
+    import random as _random
+
+    from safetensors import safe_open
+
+    from worker.train import EpochMetrics
+
+    folder = Path(folder)
+    meta_path, tensors_path = folder / RESUME_META, folder / RESUME_TENSORS
+    if not (meta_path.is_file() and tensors_path.is_file()):
+        return False
+    meta = json.loads(meta_path.read_text())
+    with safe_open(str(tensors_path), framework="pt") as f:
+        if (f.metadata() or {}).get("epoch") != str(meta["epoch"]):
+            return False
+    tensors = load_file(str(tensors_path))
+    state.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    optim_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            optim_state.setdefault(int(index), {})[name] = value
+    state.optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+    np_kind, np_pos, np_has_gauss, np_gauss = meta["numpy"]
+    np.random.set_state((np_kind, tensors["rng.numpy"].numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
+    py_version, py_state, py_gauss = meta["random"]
+    _random.setstate((py_version, tuple(py_state), py_gauss))
+    state.epoch = int(meta["epoch"])
+    state.history = [EpochMetrics(**{k: row[k] for k in EpochMetrics.__dataclass_fields__}) for row in meta["history"]]
+    return True

@@ -62,19 +62,26 @@ def _project_2d(codes: np.ndarray) -> tuple[np.ndarray, tuple[str, str]]:
     return centred @ vt[:2].T, ("Principal Component 1", "Principal Component 2")
 
 
-def latent_scatter(codes: np.ndarray, labels: np.ndarray, path: str | os.PathLike, title: str) -> Path:
-    """Figure (a): codes coloured by digit, tab10, 8x6 in at dpi 300."""
-    points, (xlabel, ylabel) = _project_2d(codes)
+def scatter_2d(
+    points: np.ndarray, labels: np.ndarray, path: str | os.PathLike, title: str, axis_labels: tuple[str, str]
+) -> Path:
+    """Points coloured by class with the ten tab10 colours, 8x6 in at dpi 300."""
     fig, ax = plt.subplots(figsize=SCATTER_FIGSIZE)
     cmap = plt.get_cmap("tab10")
     for digit in range(10):
         mask = labels == digit
         ax.scatter(points[mask, 0], points[mask, 1], color=cmap(digit), alpha=0.8, s=8, label=str(digit))
     ax.legend(title="Digit", loc="upper right")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
     ax.set_title(title)
     return save_figure(fig, path, dpi=SCATTER_DPI)
+
+
+def latent_scatter(codes: np.ndarray, labels: np.ndarray, path: str | os.PathLike, title: str) -> Path:
+    """Figure (a): 2-D codes as they are; other sizes projected (PCA, or jitter for 1-D)."""
+    points, axis_labels = _project_2d(codes)
+    return scatter_2d(points, labels, path, title, axis_labels)
 
 
 def reconstructions(
@@ -95,7 +102,7 @@ def reconstructions(
 
 
 def _coord_label(point: Sequence[float]) -> str:
-    return "[" + ", ".join(f"{float(v):g}" for v in point) + "]"
+    return "[" + ", ".join(f"{float(v):.3g}" for v in point) + "]"
 
 
 def decoded_grid(

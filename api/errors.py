@@ -1,0 +1,69 @@
+"""Errors as application/problem+json (RFC 9457); never a stack trace to the client."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, json, request
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger("latentforge.api")
+
+PROBLEM_TYPE = "https://latentforge.dev/problems/"
+
+
+class Problem(Exception):
+    """Raise to answer with a problem document."""
+
+    def __init__(self, status: int, title: str, detail: str, *, errors: list[dict[str, str]] | None = None,
+                 headers: dict[str, str] | None = None, slug: str | None = None):
+        super().__init__(detail)
+        self.status, self.title, self.detail = status, title, detail
+        self.errors, self.headers = errors, headers or {}
+        self.slug = slug or title.lower().replace(" ", "-")
+
+
+def validation_problem(errors: list[tuple[str, str]], status: int = 422) -> Problem:
+    fields = [{"field": name, "message": message} for name, message in errors]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in fields)
+    return Problem(status, "Invalid request", detail, errors=fields, slug="validation")
+
+
+def problem_response(status: int, title: str, detail: str, *, slug: str | None = None,
+                     errors: list[dict[str, str]] | None = None, headers: dict[str, str] | None = None) -> Response:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE + (slug or title.lower().replace(" ", "-")),
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.path,
+    }
+    if errors is not None:
+        body["errors"] = errors
+    response = Response(json.dumps(body), status=status, mimetype="application/problem+json")
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(Problem)
+    def _problem(exc: Problem) -> Response:
+        return problem_response(exc.status, exc.title, exc.detail, slug=exc.slug, errors=exc.errors, headers=exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        detail = exc.description or exc.name
+        if exc.code == 413:
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            detail = f"request body is larger than {limit:,} bytes" if limit else detail
+        response = problem_response(exc.code or 500, exc.name, detail)
+        if exc.code == 405 and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem_response(500, "Internal Server Error", "the server failed to answer this request; it has been logged")

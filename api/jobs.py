@@ -1,0 +1,254 @@
+"""Jobs and artifacts: submit, list, show, cancel, follow progress, download."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import time
+import uuid
+from datetime import datetime
+from typing import Any, Iterator
+
+from flask import Blueprint, Response, jsonify, request, send_file, stream_with_context
+from pydantic import ValidationError
+from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import selectinload
+
+from api import API_PREFIX, db, services
+from api.auth import write_access
+from api.errors import Problem, validation_problem
+from api.schemas import JobCreate, job_out
+from shared.db import Artifact, Job, JobState
+from shared.jobstore import JobConflict
+from shared.queue import queue_for
+from shared.specs import JobKind, SpecError, parse_spec
+
+bp = Blueprint("jobs", __name__)
+
+LIST_DEFAULT, LIST_MAX = 50, 200
+SSE_POLL_S = 0.5
+SSE_KEEPALIVE_S = 15.0
+
+
+def parse_uuid(value: str, what: str = "job") -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise Problem(404, "Not Found", f"{value!r} is not a {what} id (ids are UUIDs)", slug="not-found") from None
+
+
+def get_job_or_404(job_id: str) -> Job:
+    job = db().get(Job, parse_uuid(job_id), options=[selectinload(Job.artifacts)])
+    if job is None:
+        raise Problem(404, "Not Found", f"no job with id {job_id}", slug="not-found")
+    return job
+
+
+def read_json_body() -> Any:
+    if not request.is_json:
+        raise Problem(415, "Unsupported Media Type", "the request body must be JSON (Content-Type: application/json)")
+    raw = request.get_data(cache=True)  # 413 above MAX_CONTENT_LENGTH
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Problem(400, "Bad Request", f"the request body is not valid JSON: {exc}", slug="invalid-json") from None
+
+
+def check_parent(kind: JobKind, spec: Any) -> str:
+    """embed/sample need a succeeded train job whose model fits the request."""
+    parent = db().get(Job, spec.model_job)
+    if parent is None:
+        raise validation_problem([("spec.model_job", f"no job with id {spec.model_job}")])
+    if parent.kind != JobKind.TRAIN.value:
+        raise validation_problem([("spec.model_job", f"job {parent.id} is a {parent.kind} job, not a train job")])
+    if parent.state != JobState.SUCCEEDED.value:
+        raise Problem(409, "Conflict", f"spec.model_job: job {parent.id} is {parent.state}; {kind.value} needs a"
+                      " train job that has succeeded", slug="parent-not-ready")
+    latent_dim = parent.spec.get("latent_dim")
+    coords = getattr(spec, "latent_coords", None)
+    if coords and latent_dim is not None and len(coords[0]) != latent_dim:
+        raise validation_problem([("spec.latent_coords", f"points have {len(coords[0])} coordinates but the model's"
+                                   f" latent space has {latent_dim}")])
+    return parent.id
+
+
+def request_fingerprint(body: Any) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def replay(key: str, fingerprint: str) -> Response | None:
+    existing = db().scalars(
+        select(Job).where(Job.idempotency_key == key).options(selectinload(Job.artifacts))
+    ).one_or_none()
+    if existing is None:
+        return None
+    if existing.request_hash != fingerprint:
+        raise Problem(422, "Idempotency key reused", f"Idempotency-Key {key!r} was already used with a different request",
+                      slug="idempotency-key-reused")
+    response = jsonify(job_out(existing, API_PREFIX))
+    response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"{API_PREFIX}/jobs/{existing.id}"
+    return response
+
+
+@bp.post("/jobs")
+@write_access
+def create_job() -> Any:
+    body = read_json_body()
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (1 <= len(key) <= 200):
+        raise validation_problem([("Idempotency-Key", "must be 1 to 200 characters")], status=400)
+    fingerprint = request_fingerprint(body)
+    if key and (replayed := replay(key, fingerprint)) is not None:
+        return replayed
+    if not isinstance(body, dict):
+        raise validation_problem([("(body)", "must be a JSON object with 'kind' and 'spec'")])
+    try:
+        payload = JobCreate.model_validate(body)
+    except ValidationError as exc:
+        raise validation_problem(SpecError.from_validation(exc).errors) from None
+    try:
+        spec = parse_spec(payload.kind, payload.spec)
+    except SpecError as exc:
+        raise validation_problem(exc.errors) from None
+    kind = JobKind(payload.kind)
+    parent_id = check_parent(kind, spec) if kind is not JobKind.TRAIN else None
+    spec_dict = spec.to_dict()
+    session = db()
+    try:
+        job = services().store.create(
+            session, kind=kind.value, spec=spec_dict, name=payload.name, tags=payload.tags, parent_id=parent_id,
+            queue=queue_for(kind.value, spec_dict), idempotency_key=key, request_hash=fingerprint,
+        )
+    except IntegrityError:
+        session.rollback()  # a concurrent retry with the same key won the insert
+        if key and (replayed := replay(key, fingerprint)) is not None:
+            return replayed
+        raise
+    response = jsonify(job_out(job, API_PREFIX))
+    response.status_code = 201
+    response.headers["Location"] = f"{API_PREFIX}/jobs/{job.id}"
+    return response
+
+
+def encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, job_id = raw.split("|", 1)
+        return datetime.fromisoformat(created), str(uuid.UUID(job_id))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise validation_problem([("cursor", "is not a cursor this API returned")], status=400) from None
+
+
+def _choice(name: str, allowed: list[str]) -> str | None:
+    value = request.args.get(name)
+    if value is not None and value not in allowed:
+        raise validation_problem([(name, f"must be one of {', '.join(allowed)}, got {value!r}")], status=400)
+    return value
+
+
+@bp.get("/jobs")
+def list_jobs() -> Any:
+    kind = _choice("kind", [k.value for k in JobKind])
+    state = _choice("state", [s.value for s in JobState])
+    query = select(Job).options(selectinload(Job.artifacts))
+    if kind:
+        query = query.where(Job.kind == kind)
+    if state:
+        query = query.where(Job.state == state)
+    if (parent := request.args.get("parent")) is not None:
+        try:
+            query = query.where(Job.parent_id == str(uuid.UUID(parent)))
+        except ValueError:
+            raise validation_problem([("parent", f"{parent!r} is not a job id (a UUID)")], status=400) from None
+    raw_limit = request.args.get("limit", str(LIST_DEFAULT))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIST_MAX:
+        raise validation_problem([("limit", f"must be a whole number from 1 to {LIST_MAX}, got {raw_limit!r}")], status=400)
+    limit = int(raw_limit)
+    if cursor := request.args.get("cursor"):
+        created, job_id = decode_cursor(cursor)
+        query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
+    jobs = list(db().scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
+    return jsonify({"items": [job_out(j, API_PREFIX) for j in jobs[:limit]], "next_cursor": next_cursor})
+
+
+@bp.get("/jobs/<job_id>")
+def show_job(job_id: str) -> Any:
+    return jsonify(job_out(get_job_or_404(job_id), API_PREFIX))
+
+
+@bp.post("/jobs/<job_id>/cancel")
+@write_access
+def cancel_job(job_id: str) -> Any:
+    job_id = parse_uuid(job_id)
+    try:
+        services().store.cancel(job_id)
+    except KeyError:
+        raise Problem(404, "Not Found", f"no job with id {job_id}", slug="not-found") from None
+    except JobConflict as exc:
+        raise Problem(409, "Conflict", str(exc), slug="job-finished") from None
+    session = db()
+    session.expire_all()
+    response = jsonify(job_out(get_job_or_404(job_id), API_PREFIX))
+    response.status_code = 202
+    return response
+
+
+def _event(name: str, data: dict[str, Any]) -> str:
+    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+@bp.get("/jobs/<job_id>/events")
+def job_events(job_id: str) -> Response:
+    job_id = get_job_or_404(job_id).id
+    sessions = services().sessions
+
+    def stream() -> Iterator[str]:
+        last: tuple | None = None
+        last_sent = time.monotonic()
+        yield "retry: 2000\n\n"
+        while True:
+            with sessions() as session:
+                job = session.get(Job, job_id)
+                snapshot = (job.state, json.dumps(job.progress, sort_keys=True), job.attempts)
+                data = {"id": job.id, "state": job.state, "progress": job.progress or {}, "attempts": job.attempts,
+                        "error": {"type": job.error_type, "message": job.error_message} if job.error_type else None}
+            if snapshot != last:
+                yield _event("progress", data)
+                last, last_sent = snapshot, time.monotonic()
+            if JobState(data["state"]).finished:
+                yield _event("end", data)
+                return
+            if time.monotonic() - last_sent > SSE_KEEPALIVE_S:
+                yield ": keep-alive\n\n"
+                last_sent = time.monotonic()
+            time.sleep(SSE_POLL_S)
+
+    return Response(stream_with_context(stream()), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@bp.get("/artifacts/<artifact_id>")
+def download_artifact(artifact_id: str) -> Response:
+    artifact = db().get(Artifact, parse_uuid(artifact_id, "artifact"))
+    if artifact is None:
+        raise Problem(404, "Not Found", f"no artifact with id {artifact_id}", slug="not-found")
+    root = services().settings.artifact_dir.resolve()
+    path = (root / artifact.path).resolve()
+    if not path.is_relative_to(root):
+        raise Problem(404, "Not Found", f"artifact {artifact_id} is not stored under the artifact root", slug="not-found")
+    if not path.is_file():
+        raise Problem(410, "Gone", f"the file of artifact {artifact_id} ({artifact.name}) is no longer stored", slug="gone")
+    response = send_file(path, mimetype=artifact.content_type, etag=artifact.sha256, conditional=True,
+                         download_name=artifact.name.rsplit("/", 1)[-1], max_age=31536000)
+    response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+    return response

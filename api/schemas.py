@@ -1,0 +1,104 @@
+"""Request and response models of the HTTP API; they also make the OpenAPI document."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from shared.db import Artifact, Job
+from shared.specs import JobKind
+
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=50, strip_whitespace=True)]
+
+
+class JobCreate(BaseModel):
+    """Body of POST /jobs. ``spec`` is validated against the kind's spec model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(description="train, embed or sample", json_schema_extra={"enum": [k.value for k in JobKind]})
+    spec: dict[str, Any] = Field(default_factory=dict)
+    name: Annotated[str, StringConstraints(max_length=200, strip_whitespace=True)] | None = None
+    tags: Annotated[list[Tag], Field(max_length=20)] = Field(default_factory=list)
+
+
+class ArtifactOut(BaseModel):
+    id: str
+    name: str
+    kind: str
+    content_type: str
+    size: int
+    sha256: str
+    url: str
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str
+    name: str | None
+    tags: list[str]
+    spec: dict[str, Any]
+    state: str
+    progress: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    queue: str
+    worker: str | None
+    heartbeat_at: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: JobError | None
+    parent: str | None
+    artifacts: list[ArtifactOut]
+    links: dict[str, str]
+
+
+class JobList(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None
+
+
+class ProblemOut(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[dict[str, str]] | None = None
+
+
+def artifact_out(artifact: Artifact, prefix: str) -> dict[str, Any]:
+    return {
+        "id": artifact.id, "name": artifact.name, "kind": artifact.kind, "content_type": artifact.content_type,
+        "size": artifact.size, "sha256": artifact.sha256, "url": f"{prefix}/artifacts/{artifact.id}",
+    }
+
+
+def job_out(job: Job, prefix: str) -> dict[str, Any]:
+    """The job as the API shows it (plain JSON-ready dict; JobOut documents it)."""
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    return {
+        "id": job.id, "kind": job.kind, "name": job.name, "tags": list(job.tags or []), "spec": job.spec,
+        "state": job.state, "progress": job.progress or {}, "attempts": job.attempts,
+        "max_attempts": job.max_attempts, "cancel_requested": job.cancel_requested, "queue": job.queue,
+        "worker": job.worker, "heartbeat_at": iso(job.heartbeat_at), "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
+        "error": {"type": job.error_type, "message": job.error_message or ""} if job.error_type else None,
+        "parent": job.parent_id,
+        "artifacts": [artifact_out(a, prefix) for a in job.artifacts],
+        "links": {
+            "self": f"{prefix}/jobs/{job.id}", "events": f"{prefix}/jobs/{job.id}/events",
+            "cancel": f"{prefix}/jobs/{job.id}/cancel",
+        },
+    }

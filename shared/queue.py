@@ -1,0 +1,92 @@
+"""The Celery app: JSON messages that carry a job id and nothing else.
+
+Settings are for long GPU jobs: late acknowledgement (a message is acked
+only after its job ran), rejection when the worker is lost, one message
+prefetched at a time, and a visibility timeout longer than any job runs, set
+in every place Celery reads it. There is no result backend: a job's state is
+read from the database only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from celery import Celery
+
+from shared.settings import Settings
+
+TASK_NAME = "latentforge.run_job"
+QUEUES = ("gpu", "cpu")
+# Longer than any job may run: Redis redelivers an unacknowledged message
+# after this long. A dead worker's job is requeued much sooner by the reaper
+# from its stale heartbeat; this is only the broker's last resort.
+VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
+
+
+def queue_for(kind: str, spec: dict) -> str:
+    """Training that may use a GPU goes to the gpu queue; the rest to cpu."""
+    if kind == "train" and spec.get("device", "auto") != "cpu":
+        return "gpu"
+    return "cpu"
+
+
+def filesystem_folders(settings: Settings) -> dict[str, Path]:
+    root = settings.broker_dir
+    return {"data_folder_in": root / "queue", "data_folder_out": root / "queue", "processed_folder": root / "processed",
+            "control_folder": root / "control"}
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("latentforge", broker=settings.broker_url, set_as_current=False)
+    transport_options: dict = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+    if settings.uses_embedded_broker:
+        folders = filesystem_folders(settings)
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        transport_options.update({k: str(v) for k, v in folders.items()})
+        transport_options.update({"store_processed": False, "polling_interval": 0.05})
+    else:
+        transport_options.update({"polling_interval": 0.05})
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        worker_pool="solo",  # jobs run in the worker's own process: nothing forks after CUDA starts
+        worker_max_tasks_per_child=None,
+        worker_enable_remote_control=False,
+        worker_send_task_events=False,
+        worker_hijack_root_logger=False,
+        broker_transport_options=transport_options,
+        result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
+        task_default_queue="cpu",
+        task_create_missing_queues=True,
+        task_routes={TASK_NAME: {"queue": "cpu"}},
+        enable_utc=True,
+    )
+    return app
+
+
+def publish(app: Celery, job_id: str, queue: str) -> None:
+    """Send a job id to ``queue``; raises when the broker cannot be reached."""
+    app.send_task(TASK_NAME, args=[job_id], queue=queue)
+
+
+def check_broker(app: Celery, timeout: float = 2.0) -> None:
+    """Raise when the broker cannot be reached within ``timeout`` seconds."""
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=timeout)
+        if conn.transport_cls == "filesystem" or conn.transport.driver_type == "filesystem":
+            folder = Path(app.conf.broker_transport_options["data_folder_in"])
+            if not folder.is_dir():
+                raise ConnectionError(f"broker folder {folder} is missing")
