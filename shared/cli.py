@@ -1,4 +1,4 @@
-"""The ``latentforge`` command.
+"""The ``latentforge`` command: train locally, run the roles, submit and watch jobs.
 
 Each subcommand imports what it needs when it runs, so ``latentforge --help``
 stays fast and roles that never train never load torch.
@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from shared.settings import load_settings
+from shared.settings import SettingsError, load_settings
 from shared.specs import DEVICES, PRESETS, SpecError, TrainSpec
+
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 
 
 class UsageError(Exception):
@@ -27,19 +33,24 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _parse_assignment(text: str) -> tuple[str, Any]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise UsageError(f"--set expects key=value, got {text!r}")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw  # a bare word such as cpu or mnist
-    return key.strip(), value
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for text in items:
+        key, sep, raw = text.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set expects key=value, got {text!r}")
+        try:
+            fields[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            fields[key.strip()] = raw  # a bare word such as cpu or mnist
+    return fields
+
+
+# -- train (no queue, no database) --------------------------------------------------------
 
 
 def train_spec_from_args(args: argparse.Namespace) -> TrainSpec:
-    fields: dict[str, Any] = dict(_parse_assignment(item) for item in args.set)
+    fields = parse_assignments(args.set)
     for name in ("preset", "epochs", "device"):
         value = getattr(args, name)
         if value is not None:
@@ -73,6 +84,200 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- roles ------------------------------------------------------------------------------------
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from shared.db import make_engine
+    from shared.migrate import current_revision, upgrade
+
+    settings = load_settings()
+    upgrade(settings.database_url)
+    print(f"database {make_engine(settings.database_url).url.render_as_string(hide_password=True)}"
+          f" is at revision {current_revision(make_engine(settings.database_url))}")
+    return 0
+
+
+def _require_current_schema() -> None:
+    from shared.db import make_engine
+    from shared.migrate import SchemaOutOfDate, check_schema
+
+    try:
+        check_schema(make_engine(load_settings().database_url))
+    except SchemaOutOfDate as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    from api.server import OpenBindWithoutToken, check_bind, serve
+
+    try:
+        check_bind(args.host, load_settings().api_token)
+    except OpenBindWithoutToken as exc:
+        raise UsageError(str(exc)) from None
+    _require_current_schema()
+    serve(args.host, args.port, workers=args.workers, threads=args.threads)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    queues = ",".join(q.strip() for q in args.queues.split(",") if q.strip())
+    unknown = set(queues.split(",")) - {"gpu", "cpu"}
+    if not queues or unknown:
+        raise UsageError(f"--queues: choose from gpu, cpu (got {args.queues!r})")
+    _require_current_schema()
+    os.environ["LATENTFORGE_WORKER_QUEUES"] = queues
+    from worker.tasks import WORKER_NAME, app
+
+    app.worker_main([
+        "worker", "--queues", queues, "--pool", "solo", "--concurrency", "1", "--loglevel", args.loglevel,
+        "--hostname", WORKER_NAME.replace(":", "-") + "@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ])
+    return 0
+
+
+def _wait_for_api(url: str, seconds: float, procs: list[subprocess.Popen]) -> None:
+    from shared.client import ApiError, Client
+
+    client = Client(url, timeout=2)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise UsageError("a role exited during start-up; see its messages above")
+        try:
+            client.get("/openapi.json")
+            return
+        except ApiError:
+            time.sleep(0.3)
+    raise UsageError(f"the API did not answer at {url} within {seconds:.0f} s")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from shared.client import Client
+
+    settings = load_settings()
+    cmd_db_upgrade(args)
+    base = [sys.executable, "-m", "shared.cli"]
+    procs = [
+        subprocess.Popen(base + ["api", "--host", args.host, "--port", str(args.port)]),
+        subprocess.Popen(base + ["worker", "--queues", "gpu,cpu"]),
+    ]
+    url = f"http://{args.host}:{args.port}"
+
+    def stop(*_: Any) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        _wait_for_api(url, 60, procs)
+        client = Client(url, settings.api_token)
+        if not args.no_seed and not client.get("/jobs?limit=1")["items"]:
+            job = client.post("/jobs", {"kind": "train", "spec": {"preset": "seed"}, "name": "seed notebook"},
+                              headers={"Idempotency-Key": "latentforge-up-first-seed-run"})
+            print(f"queued the seed preset as job {job['id']}", flush=True)
+        print(f"LatentForge is up: gallery {url}/  API {url}/api/v1  (Ctrl-C stops it)", flush=True)
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+# -- client commands ----------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace):
+    from shared.client import Client
+
+    settings = load_settings()
+    return Client(args.url or settings.api_url, settings.api_token)
+
+
+def _bar(progress: dict[str, Any], width: int = 30) -> str:
+    total, epoch = progress.get("total"), progress.get("epoch")
+    if not total or epoch is None:
+        return ""
+    filled = int(width * epoch / total)
+    line = f"[{'#' * filled}{'.' * (width - filled)}] epoch {epoch}/{total}"
+    if "train_loss" in progress:
+        line += f"  train {progress['train_loss']:.4f}  test {progress['test_loss']:.4f}"
+    return line
+
+
+def follow(client: Any, job_id: str, out=sys.stdout, poll_s: float = 0.5) -> dict[str, Any]:
+    """Show a job's progress until it ends; returns the final job."""
+    tty = out.isatty()
+    last = None
+    while True:
+        job = client.get(f"/jobs/{job_id}")
+        line = f"{job['state']:<9} {_bar(job.get('progress') or {})}".rstrip()
+        if line != last:
+            out.write(("\r" + line.ljust(90)) if tty else line + "\n")
+            out.flush()
+            last = line
+        if job["state"] in TERMINAL_STATES:
+            if tty:
+                out.write("\n")
+            return job
+        time.sleep(poll_s)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"kind": args.kind, "spec": parse_assignments(args.set), "tags": args.tag}
+    if args.name:
+        body["name"] = args.name
+    client = _client(args)
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
+    job = client.post("/jobs", body, headers=headers)
+    print(job["id"], flush=True)
+    if not args.wait:
+        return 0
+    final = follow(client, job["id"])
+    if final["state"] != "succeeded":
+        error = final.get("error") or {}
+        print(f"job {final['id']} {final['state']}" + (f": {error.get('type')}: {error.get('message')}" if error else ""),
+              file=sys.stderr)
+        return 1
+    for artifact in final["artifacts"]:
+        print(f"  {artifact['name']:<34} {artifact['size']:>10,} B  {artifact['url']}")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.action == "list":
+        query = "&".join(f"{k}={v}" for k, v in (("kind", args.kind), ("state", args.state), ("limit", args.limit)) if v)
+        page = client.get(f"/jobs?{query}")
+        for job in page["items"]:
+            progress = job.get("progress") or {}
+            where = f"{progress.get('epoch')}/{progress.get('total')}" if progress.get("total") else ""
+            print(f"{job['id']}  {job['kind']:<6} {job['state']:<9} {where:>7}  {job.get('name') or ''}")
+        return 0
+    if not args.job_id:
+        raise UsageError(f"jobs {args.action} needs a job id")
+    if args.action == "show":
+        print(json.dumps(client.get(f"/jobs/{args.job_id}"), indent=2))
+    elif args.action == "cancel":
+        job = client.post(f"/jobs/{args.job_id}/cancel")
+        print(f"{job['id']}: {'cancelled' if job['state'] == 'cancelled' else 'asked to stop'}")
+    elif args.action == "watch":
+        final = follow(client, args.job_id)
+        return 0 if final["state"] == "succeeded" else 1
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="latentforge", description="Train and study autoencoder latent spaces.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -88,16 +293,61 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="checkpoint folder to write")
     train.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     train.set_defaults(handler=cmd_train)
+
+    database = sub.add_parser("db", help="database schema")
+    database.add_argument("action", choices=["upgrade"], help="upgrade: apply every migration")
+    database.set_defaults(handler=cmd_db_upgrade)
+
+    for name, helptext, default_port in (("api", "serve the HTTP API", 8000), ("up", "API and one worker on these settings", 8000)):
+        role = sub.add_parser(name, help=helptext)
+        role.add_argument("--host", default="127.0.0.1")
+        role.add_argument("--port", type=int, default=default_port)
+        if name == "api":
+            role.add_argument("--workers", type=int, default=2, help="server processes")
+            role.add_argument("--threads", type=int, default=8, help="threads per process (SSE holds one)")
+            role.set_defaults(handler=cmd_api)
+        else:
+            role.add_argument("--no-seed", action="store_true", help="do not queue the seed preset on an empty store")
+            role.set_defaults(handler=cmd_up)
+
+    worker = sub.add_parser("worker", help="run jobs from the queue (one at a time)")
+    worker.add_argument("--queues", default="gpu,cpu", help="comma-separated: gpu, cpu")
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(handler=cmd_worker)
+
+    submit = sub.add_parser("submit", help="queue a job through the API")
+    submit.add_argument("kind", choices=["train", "embed", "sample"])
+    submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a spec field (JSON value)")
+    submit.add_argument("--name")
+    submit.add_argument("--tag", action="append", default=[])
+    submit.add_argument("--idempotency-key")
+    submit.add_argument("--wait", action="store_true", help="follow progress until the job ends")
+    submit.add_argument("--url", help="API address (default LATENTFORGE_API_URL or http://127.0.0.1:8000)")
+    submit.set_defaults(handler=cmd_submit)
+
+    jobs = sub.add_parser("jobs", help="list, show, watch or cancel jobs")
+    jobs.add_argument("action", choices=["list", "show", "watch", "cancel"])
+    jobs.add_argument("job_id", nargs="?")
+    jobs.add_argument("--kind", choices=["train", "embed", "sample"])
+    jobs.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--url")
+    jobs.set_defaults(handler=cmd_jobs)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from shared.client import ApiError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except UsageError as exc:
+    except (UsageError, SettingsError) as exc:
         parser.exit(2, f"latentforge {args.command}: error: {exc}\n")
+    except ApiError as exc:
+        status = 2 if 400 <= exc.status < 500 else 1
+        parser.exit(status, f"latentforge {args.command}: error: {exc}\n")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
