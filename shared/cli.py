@@ -136,6 +136,32 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when healthy: the API's /health, or (--worker) this host's worker heartbeat."""
+    if args.worker:
+        import socket
+
+        from shared.db import make_engine, make_sessionmaker
+        from shared.jobstore import JobStore
+
+        settings = load_settings()
+        store = JobStore(make_sessionmaker(make_engine(settings.database_url)), lambda *_: None)
+        prefix = socket.gethostname() + ":"
+        mine = [w for w in store.live_workers(settings.stale_after_seconds) if w.hostname.startswith(prefix)]
+        print(f"{len(mine)} live worker(s) on {prefix[:-1]}")
+        return 0 if mine else 1
+    from shared.client import ApiError
+
+    client = _client(args)
+    try:
+        report = client.get("/health")
+    except ApiError as exc:
+        print(f"unhealthy: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _wait_for_api(url: str, seconds: float, procs: list[subprocess.Popen]) -> None:
     from shared.client import ApiError, Client
 
@@ -324,6 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="follow progress until the job ends")
     submit.add_argument("--url", help="API address (default LATENTFORGE_API_URL or http://127.0.0.1:8000)")
     submit.set_defaults(handler=cmd_submit)
+
+    health = sub.add_parser("health", help="exit 0 when the API (or, with --worker, this host's worker) is healthy")
+    health.add_argument("--worker", action="store_true", help="check this host's worker heartbeat in the database")
+    health.add_argument("--url")
+    health.set_defaults(handler=cmd_health)
 
     jobs = sub.add_parser("jobs", help="list, show, watch or cancel jobs")
     jobs.add_argument("action", choices=["list", "show", "watch", "cancel"])
