@@ -70,3 +70,47 @@ def trained_run(mnist_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     result = run_training(TrainSpec.from_dict({"preset": "seed", "epochs": 2}), out, data_dir=mnist_dir, log=lambda _: None)
     return result
+
+
+@pytest.fixture(scope="session")
+def services_up():
+    """Redis and PostgreSQL must be reachable (.ci/run starts them)."""
+    import psycopg
+    import redis
+
+    from tests.stack import PG_ADMIN_URL, REDIS_URL
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+        psycopg.connect(PG_ADMIN_URL, connect_timeout=3).close()
+    except Exception as exc:  # fail loudly: these tests need the real services
+        pytest.fail(f"Redis ({REDIS_URL}) and PostgreSQL ({PG_ADMIN_URL}) must be running: {exc}")
+
+
+@pytest.fixture(scope="module")
+def stack_factory(tmp_path_factory, mnist_dir):
+    """Build stacks (closed at module end): factory(kind, token=None, workers=1)."""
+    import contextlib
+
+    from tests.stack import Stack, postgres_database, redis_database
+
+    exits = contextlib.ExitStack()
+
+    def make(kind: str = "embedded", *, token: str | None = None, workers: int = 1, api: bool = True) -> Stack:
+        home = tmp_path_factory.mktemp(kind)
+        if kind == "embedded":
+            stack = Stack(home, mnist_dir, token=token)
+        else:
+            database = exits.enter_context(postgres_database())
+            broker = exits.enter_context(redis_database())
+            stack = Stack(home, mnist_dir, database_url=database, broker_url=broker, token=token)
+        exits.callback(stack.close)
+        stack.upgrade()
+        if api:
+            stack.start_api()
+        for i in range(workers):
+            stack.start_worker(f"worker{i + 1}")
+        return stack
+
+    with exits:
+        yield make
