@@ -123,22 +123,23 @@ class Monitor:
     def end(self) -> None:
         with self._lock:
             self.claim = None
-        self.beat()
 
     def should_stop(self) -> bool:
         return self.cancel.is_set() or self.lost.is_set()
 
     def beat(self) -> None:
+        # Held across the database calls: once end() returns, no heartbeat of
+        # the finished attempt is in flight to find the job "lost".
         with self._lock:
             claim = self.claim
-        store.worker_seen(WORKER_NAME, self.queues, claim.job_id if claim else None)
-        if claim is not None:
-            owned, cancel = store.heartbeat(claim)
-            if not owned:
-                log.warning("job %s: attempt %d no longer owns the job; stopping", claim.job_id, claim.attempt)
-                self.lost.set()
-            if cancel:
-                self.cancel.set()
+            store.worker_seen(WORKER_NAME, self.queues, claim.job_id if claim else None)
+            if claim is not None:
+                owned, cancel = store.heartbeat(claim)
+                if not owned:
+                    log.warning("job %s: attempt %d no longer owns the job; stopping", claim.job_id, claim.attempt)
+                    self.lost.set()
+                if cancel:
+                    self.cancel.set()
 
     def _loop(self) -> None:
         next_reap = 0.0
@@ -211,8 +212,8 @@ def execute_job(job_id: str) -> JobState | None:
         log.exception("job %s failed", job_id)
         state, error, artifacts = JobState.FAILED, (type(exc).__name__, str(exc)[:4000] or type(exc).__name__), []
     finally:
-        lost = monitor.lost.is_set()
         monitor.end()
+        lost = monitor.lost.is_set()
     if lost or not store.finish(claim, state, error=error, artifacts=artifacts):
         log.warning("job %s: attempt %d lost the job before finishing; its result is discarded", job_id, claim.attempt)
         return None

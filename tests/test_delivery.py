@@ -1,0 +1,85 @@
+"""Queue semantics with real workers on Redis + PostgreSQL: exactly once, and surviving SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.usefixtures("services_up")
+
+
+@pytest.fixture(scope="module")
+def stack(stack_factory):
+    return stack_factory("redis_pg", workers=2)
+
+
+def executions(stack) -> Counter:
+    """How many times each job started running, from the workers' own logs."""
+    pattern = re.compile(r"job ([0-9a-f-]{36}): (?:train|embed|sample), attempt (\d+)")
+    counts: Counter = Counter()
+    for name in ("worker1", "worker2"):
+        for job_id, _attempt in pattern.findall(stack.log(name)):
+            counts[job_id] += 1
+    return counts
+
+
+def test_each_of_20_jobs_runs_exactly_once_even_when_delivered_twice(stack):
+    from celery import Celery
+
+    parent = stack.wait_job(stack.submit("train", {"epochs": 1, "device": "cpu"})["id"])
+    assert parent["state"] == "succeeded"
+    # Prior draws fit a mixture to the training codes: long enough that both workers take jobs.
+    jobs = [stack.submit("sample", {"model_job": parent["id"], "n": 2, "seed": i}) for i in range(20)]
+    # Deliver every message a second time, straight through the broker.
+    duplicate = Celery(broker=stack.env["LATENTFORGE_BROKER_URL"])
+    duplicate.conf.update(task_serializer="json", accept_content=["json"])
+    for job in jobs:
+        duplicate.send_task("latentforge.run_job", args=[job["id"]], queue=job["queue"])
+    finished = [stack.wait_job(job["id"]) for job in jobs]
+    assert all(job["state"] == "succeeded" for job in finished), [j["error"] for j in finished]
+    assert all(job["attempts"] == 1 for job in finished)
+    runs = executions(stack)
+    assert all(runs[job["id"]] == 1 for job in jobs), {j["id"]: runs[j["id"]] for j in jobs}
+    # Both workers took part, and the 20 duplicates were dropped, not run.
+    workers = Counter(job["worker"] for job in finished)
+    assert len(workers) == 2, workers
+    def dropped() -> int:
+        return sum(stack.log(n).count("not claimable") for n in ("worker1", "worker2"))
+
+    stack.wait_until(lambda: dropped() >= 20, 60, "all 20 duplicate messages to be dropped")
+    assert dropped() == 20
+    assert executions(stack) == runs  # dropping them ran nothing
+
+
+def test_sigkill_mid_training_resumes_on_the_other_worker(stack):
+    spec = {"epochs": 16, "device": "cpu"}
+    job = stack.submit("train", spec)
+    running = stack.wait_job(job["id"], ("running",), until=lambda j: j["progress"].get("epoch", 0) >= 3)
+    victim_pid = int(running["worker"].rsplit(":", 1)[1])
+    victim = next(name for name, proc in stack.procs.items() if proc.pid == victim_pid)
+    survivor = "worker2" if victim == "worker1" else "worker1"
+    stack.kill(victim)
+
+    done = stack.wait_job(job["id"], timeout=180)
+    assert done["state"] == "succeeded", done["error"]
+    assert done["attempts"] == 2
+    assert str(stack.procs[survivor].pid) == done["worker"].rsplit(":", 1)[1]
+    resumed = re.search(rf"job {job['id']}: resuming after epoch (\d+)", stack.log(survivor))
+    assert resumed and int(resumed.group(1)) >= 3, stack.log(survivor)[-2000:]
+
+    # One set of artifacts: each name once, and the metrics hold every epoch once.
+    names = [a["name"] for a in done["artifacts"]]
+    assert len(names) == len(set(names)) and "model.safetensors" in names
+    assert not any(n.startswith("resume/") for n in names)
+    metrics = next(a for a in done["artifacts"] if a["name"] == "metrics.jsonl")
+    rows = [json.loads(line) for line in requests.get(stack.url + metrics["url"], timeout=30).text.splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, 17))
+
+    # Resuming restores weights, optimizer and random streams: the losses are
+    # those of an uninterrupted run, to the last bit.
+    clean = stack.wait_job(stack.submit("train", spec)["id"], timeout=180)
+    assert [r["train_loss"] for r in clean["progress"]["history"]] == [r["train_loss"] for r in rows]
