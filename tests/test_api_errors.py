@@ -1,0 +1,182 @@
+"""Bad input against a real API server with a token: the right 4xx, a problem+json body
+naming the field or reason, never a 500 or a traceback, and nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+
+import pytest
+import requests
+
+from tests.stack import REPO, Stack, free_port
+
+TOKEN = "test-token-7c1f"
+
+
+@pytest.fixture(scope="module")
+def stack(stack_factory):
+    return stack_factory("embedded", token=TOKEN, workers=0)
+
+
+@pytest.fixture(scope="module")
+def jobs(stack):
+    """A queued train job (no worker runs it) and a succeeded sample job, made in the store."""
+    from shared.db import Job, make_engine, make_sessionmaker, utcnow
+
+    queued = stack.submit("train", {"epochs": 1})
+    sessions = make_sessionmaker(make_engine(f"sqlite:///{stack.home / 'latentforge.db'}"))
+    with sessions.begin() as session:
+        sample = Job(kind="sample", spec={"model_job": queued["id"]}, state="succeeded", finished_at=utcnow())
+        session.add(sample)
+        session.flush()
+        sample_id = sample.id
+    return {"queued": queued["id"], "sample": sample_id}
+
+
+def count_jobs(stack) -> int:
+    return len(stack.get("/jobs?limit=200").json()["items"])
+
+
+def files_under(stack) -> set[str]:
+    root = stack.home / "artifacts"
+    return {str(p) for p in root.rglob("*")} if root.exists() else set()
+
+
+def assert_problem(response: requests.Response, status: int, *needles: str, field: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status and body["title"] and body["type"].startswith("https://")
+    text = json.dumps(body)
+    assert "Traceback" not in text and 'File "' not in text
+    for needle in needles:
+        assert needle in text, (needle, body)
+    if field is not None:
+        assert field in [e["field"] for e in body["errors"]], body
+    return body
+
+
+BAD_BODIES = [
+    ({"kind": "dance", "spec": {}}, "kind", "must be one of train, embed, sample"),
+    ({"kind": "train", "spec": {"colour": "red"}}, "spec.colour", "Extra inputs are not permitted"),
+    ({"kind": "train", "spec": {}, "owner": "me"}, "owner", "Extra inputs are not permitted"),
+    ({"kind": "train", "spec": {"epochs": "5"}}, "spec.epochs", "valid integer"),
+    ({"kind": "train", "spec": {"epochs": 0}}, "spec.epochs", "greater than or equal to 1"),
+    ({"kind": "train", "spec": {"epochs": 10**7}}, "spec.epochs", "less than or equal to 10000"),
+    ({"kind": "train", "spec": {"latent_dim": 0}}, "spec.latent_dim", "greater than or equal to 1"),
+    ({"kind": "train", "spec": {"batch_size": 0}}, "spec.batch_size", "greater than or equal to 1"),
+    ({"kind": "train", "spec": {"lr": float("nan")}}, "spec.lr", "finite number"),
+    ({"kind": "train", "spec": {"lr": -1}}, "spec.lr", "greater than 0"),
+    ({"kind": "train", "spec": {"hidden": [128, "x"]}}, "spec.hidden.1", "valid integer"),
+    ({"kind": "train", "spec": {"model": "gan"}}, "spec.model", "'ae'"),
+    ({"kind": "train", "spec": [1, 2]}, "spec", "valid dictionary"),
+    ({"kind": "embed", "spec": {}}, "spec.model_job", "Field required"),
+    ({"kind": "embed", "spec": {"model_job": "not-an-id"}}, "spec.model_job", "not a job id"),
+    ({"kind": "sample", "spec": {"model_job": str(uuid.uuid4()), "n": 0}}, "spec.n", "greater than or equal to 1"),
+    ({"kind": "train", "name": "x" * 201}, "name", "at most 200 characters"),
+    ({"kind": "train", "tags": ["ok", 5]}, "tags.1", "valid string"),
+]
+
+
+def test_every_bad_input_is_refused_cleanly_and_leaves_nothing(stack, jobs):
+    before_jobs, before_files = count_jobs(stack), files_under(stack)
+    for body, field, needle in BAD_BODIES:
+        # json.dumps writes NaN as the bare token clients such as JavaScript's send.
+        raw = requests.post(stack.url + "/api/v1/jobs", data=json.dumps(body), timeout=10,
+                            headers={**stack.headers(), "Content-Type": "application/json"})
+        assert_problem(raw, 422, needle, field=field)
+
+    # Parent checks: missing, not a train job, not finished.
+    missing = str(uuid.uuid4())
+    assert_problem(stack.post("/jobs", {"kind": "embed", "spec": {"model_job": missing}}), 422,
+                   f"no job with id {missing}", field="spec.model_job")
+    assert_problem(stack.post("/jobs", {"kind": "sample", "spec": {"model_job": jobs["sample"]}}), 422,
+                   "is a sample job, not a train job", field="spec.model_job")
+    assert_problem(stack.post("/jobs", {"kind": "embed", "spec": {"model_job": jobs["queued"]}}), 409,
+                   "is queued", "has succeeded")
+
+    # Transport-level faults.
+    big = {"kind": "train", "spec": {}, "name": "x", "tags": ["y" * 50] * 20, "pad": "z" * (1 << 20)}
+    assert_problem(stack.post("/jobs", big), 413, "larger than 1,048,576 bytes")
+    assert_problem(requests.post(stack.url + "/api/v1/jobs", data="kind=train", timeout=10,
+                                 headers={**stack.headers(), "Content-Type": "application/x-www-form-urlencoded"}),
+                   415, "must be JSON")
+    assert_problem(requests.post(stack.url + "/api/v1/jobs", data="{not json", timeout=10,
+                                 headers={**stack.headers(), "Content-Type": "application/json"}),
+                   400, "not valid JSON")
+    assert_problem(stack.post("/jobs", ["train"]), 422, "must be a JSON object", field="(body)")
+
+    # Auth: none, wrong scheme, wrong token.
+    no_token = stack.post("/jobs", {"kind": "train"}, headers={})
+    assert_problem(no_token, 401, "requires a token")
+    assert no_token.headers["WWW-Authenticate"].startswith("Bearer")
+    assert_problem(stack.post("/jobs", {"kind": "train"}, headers={"Authorization": f"Basic {TOKEN}"}), 401, "not valid")
+    assert_problem(stack.post("/jobs", {"kind": "train"}, headers={"Authorization": "Bearer nope"}), 401, "not valid")
+    assert_problem(stack.post(f"/jobs/{jobs['queued']}/cancel", headers={}), 401)
+
+    # Ids that are not ids, and ids of nothing.
+    assert_problem(stack.get("/jobs/abc"), 404, "'abc' is not a job id")
+    assert_problem(stack.post("/jobs/abc/cancel"), 404, "'abc' is not a job id")
+    assert_problem(stack.get(f"/jobs/{missing}"), 404, f"no job with id {missing}")
+    assert_problem(stack.get("/artifacts/../../etc/passwd"), 404)
+    assert_problem(stack.get("/artifacts/xyz"), 404, "not a artifact id")
+    assert_problem(stack.get(f"/artifacts/{missing}"), 404, "no artifact")
+    assert_problem(stack.get("/jobs/abc/events"), 404, "'abc' is not a job id")
+
+    # Query parameters.
+    assert_problem(stack.get("/jobs?limit=0"), 400, "whole number from 1 to 200", field="limit")
+    assert_problem(stack.get("/jobs?limit=abc"), 400, field="limit")
+    assert_problem(stack.get("/jobs?state=done"), 400, field="state")
+    assert_problem(stack.get("/jobs?kind=eval"), 400, field="kind")
+    assert_problem(stack.get("/jobs?parent=x"), 400, field="parent")
+    assert_problem(stack.get("/jobs?cursor=%%%"), 400, field="cursor")
+    assert_problem(stack.get("/nowhere"), 404)
+    assert_problem(requests.delete(stack.url + "/api/v1/jobs", timeout=10), 405)
+
+    assert count_jobs(stack) == before_jobs
+    assert files_under(stack) == before_files
+
+
+def test_writes_with_the_token_work(stack):
+    response = stack.post("/jobs", {"kind": "train", "spec": {"epochs": 1}})
+    assert response.status_code == 201
+    cancel = stack.post(f"/jobs/{response.json()['id']}/cancel")
+    assert cancel.status_code == 202 and cancel.json()["state"] == "cancelled"
+    # Reads need no token.
+    assert requests.get(stack.url + f"/api/v1/jobs/{response.json()['id']}", timeout=10).status_code == 200
+
+
+def test_openapi_document_describes_the_api(stack):
+    doc = stack.get("/openapi.json").json()
+    assert doc["openapi"].startswith("3.1")
+    assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel", "/jobs/{job_id}/events", "/artifacts/{artifact_id}",
+            "/health"} <= set(doc["paths"])
+    train = doc["components"]["schemas"]["TrainSpec"]["properties"]
+    assert train["epochs"]["minimum"] == 1 and train["epochs"]["maximum"] == 10000 and train["epochs"]["default"] == 50
+    assert doc["paths"]["/jobs"]["post"]["security"] == [{"bearer": []}]
+
+
+def test_api_refuses_an_open_address_without_token_and_a_stale_schema(tmp_path, mnist_dir):
+    bare = Stack(tmp_path / "bare", mnist_dir)
+    open_bind = bare.cli("api", "--host", "0.0.0.0", "--port", str(free_port()), timeout=60)
+    assert open_bind.returncode == 2 and "refusing to listen on 0.0.0.0 without LATENTFORGE_API_TOKEN" in open_bind.stderr
+    for role in (["api", "--port", str(free_port())], ["worker"]):
+        result = bare.cli(*role, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert "has no LatentForge tables" in result.stderr and "run `latentforge db upgrade`" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_submit_reports_api_errors_in_one_line(stack):
+    env = {**stack.env, "LATENTFORGE_API_URL": stack.url}
+    result = subprocess.run([sys.executable, "-m", "shared.cli", "submit", "train", "--set", "epochs=0"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "latentforge submit: error: spec.epochs: Input should be greater than or equal to 1"
+    env.pop("LATENTFORGE_API_TOKEN")
+    result = subprocess.run([sys.executable, "-m", "shared.cli", "submit", "train"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "requires a token" in result.stderr
