@@ -162,12 +162,13 @@ class JobStore:
         now = now or utcnow()
         cutoff = now - timedelta(seconds=stale_after_s)
         counts = {"requeued": 0, "failed": 0, "cancelled": 0, "republished": 0}
+        requeued: list[tuple[str, str]] = []
         with self.sessions.begin() as s:
             stale = s.execute(
-                select(Job.id, Job.attempts, Job.max_attempts, Job.cancel_requested)
+                select(Job.id, Job.attempts, Job.max_attempts, Job.cancel_requested, Job.queue)
                 .where(Job.state == JobState.RUNNING.value, Job.heartbeat_at < cutoff)
             ).all()
-            for job_id, attempts, max_attempts, cancel in stale:
+            for job_id, attempts, max_attempts, cancel, queue in stale:
                 still_stale = update(Job).where(
                     Job.id == job_id, Job.state == JobState.RUNNING.value,
                     Job.attempts == attempts, Job.heartbeat_at < cutoff,
@@ -187,7 +188,12 @@ class JobStore:
                 if s.execute(still_stale.values(**values)).rowcount:
                     counts[key] += 1
                     log.warning("job %s: heartbeat stale since before %s, %s", job_id, cutoff.isoformat(), key)
-        counts["republished"] = self.republish_unpublished(now)
+                    if key == "requeued":
+                        requeued.append((job_id, queue))
+        # A requeued job goes back to the broker at once; jobs the API never
+        # published wait out the grace period first.
+        counts["republished"] = sum(self._send_unpublished(job_id, queue, now) for job_id, queue in requeued)
+        counts["republished"] += self.republish_unpublished(now)
         return counts
 
     def republish_unpublished(self, now: datetime | None = None, grace_s: float = PUBLISH_GRACE_S) -> int:
@@ -199,24 +205,25 @@ class JobStore:
                     Job.queued_at < now - timedelta(seconds=grace_s),
                 )
             ).all()
-        sent = 0
-        for job_id, queue in pending:
-            # Claim the publishing so that two reapers do not both send it.
+        return sum(self._send_unpublished(job_id, queue, now) for job_id, queue in pending)
+
+    def _send_unpublished(self, job_id: str, queue: str, now: datetime) -> bool:
+        # Claim the publishing first, so that two reapers do not both send it.
+        with self.sessions.begin() as s:
+            mine = s.execute(
+                update(Job).where(Job.id == job_id, Job.published_at.is_(None), Job.state == JobState.QUEUED.value)
+                .values(published_at=now)
+            ).rowcount
+        if not mine:
+            return False
+        try:
+            self._send(job_id, queue)
+            return True
+        except Exception as exc:
+            log.warning("publishing job %s failed (%s); will retry", job_id, exc)
             with self.sessions.begin() as s:
-                mine = s.execute(
-                    update(Job).where(Job.id == job_id, Job.published_at.is_(None), Job.state == JobState.QUEUED.value)
-                    .values(published_at=now)
-                ).rowcount
-            if not mine:
-                continue
-            try:
-                self._send(job_id, queue)
-                sent += 1
-            except Exception as exc:
-                log.warning("republishing job %s failed (%s); will retry", job_id, exc)
-                with self.sessions.begin() as s:
-                    s.execute(update(Job).where(Job.id == job_id).values(published_at=None))
-        return sent
+                s.execute(update(Job).where(Job.id == job_id).values(published_at=None))
+            return False
 
     # -- workers ----------------------------------------------------------------------
 

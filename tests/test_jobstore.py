@@ -1,0 +1,159 @@
+"""Delivery rules of the job store on a real database and a real (filesystem) broker."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from shared.db import Job, JobState, make_engine, make_sessionmaker, utcnow
+from shared.jobstore import JobConflict, JobStore
+from shared.migrate import upgrade
+from shared.queue import make_celery, publish
+from shared.settings import load_settings
+
+
+@pytest.fixture()
+def env(tmp_path):
+    settings = load_settings({"LATENTFORGE_HOME": str(tmp_path)})
+    upgrade(settings.database_url)
+    sessions = make_sessionmaker(make_engine(settings.database_url))
+    app = make_celery(settings)
+    store = JobStore(sessions, lambda job_id, queue: publish(app, job_id, queue), max_attempts=2)
+    queue_dir = settings.broker_dir / "queue"
+
+    def messages() -> int:
+        return len(list(queue_dir.glob("*.msg")))
+
+    return store, sessions, messages
+
+
+def new_job(store, sessions) -> str:
+    with sessions() as session:
+        return store.create(session, kind="train", spec={"epochs": 1}, queue="cpu").id
+
+
+def set_fields(sessions, job_id, **values):
+    with sessions.begin() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def get(sessions, job_id) -> Job:
+    with sessions() as session:
+        return session.get(Job, job_id)
+
+
+def test_create_commits_then_publishes_once(env):
+    store, sessions, messages = env
+    job_id = new_job(store, sessions)
+    job = get(sessions, job_id)
+    assert job.state == "queued" and job.published_at is not None and job.max_attempts == 2
+    assert messages() == 1
+
+
+def test_only_one_claim_wins(env):
+    store, sessions, _ = env
+    job_id = new_job(store, sessions)
+    first = store.claim(job_id, "w1:1")
+    second = store.claim(job_id, "w2:2")
+    assert first is not None and first.attempt == 1 and second is None
+    assert get(sessions, job_id).state == "running"
+
+
+def test_writes_of_an_attempt_that_lost_the_job_are_refused(env):
+    store, sessions, _ = env
+    job_id = new_job(store, sessions)
+    old = store.claim(job_id, "w1:1")
+    set_fields(sessions, job_id, heartbeat_at=utcnow() - timedelta(seconds=120))
+    assert store.reap(stale_after_s=60)["requeued"] == 1
+    new = store.claim(job_id, "w2:2")
+    assert new.attempt == 2
+    assert store.heartbeat(old) == (False, False)
+    assert store.record_progress(old, {"epoch": 9}) is False
+    assert store.finish(old, JobState.SUCCEEDED) is False
+    assert store.finish(new, JobState.SUCCEEDED) is True
+    assert get(sessions, job_id).state == "succeeded"
+
+
+def test_reaper_requeues_then_fails_after_max_attempts(env):
+    store, sessions, messages = env
+    job_id = new_job(store, sessions)
+    stale = utcnow() - timedelta(seconds=120)
+    store.claim(job_id, "w1:1")
+    set_fields(sessions, job_id, heartbeat_at=stale)
+    counts = store.reap(stale_after_s=60, now=utcnow() + timedelta(seconds=10))
+    assert counts["requeued"] == 1 and counts["republished"] == 1
+    job = get(sessions, job_id)
+    assert job.state == "queued" and job.worker is None and job.published_at is not None
+    assert messages() == 2  # the original and the republished message
+    store.claim(job_id, "w2:2")
+    set_fields(sessions, job_id, heartbeat_at=stale)
+    assert store.reap(stale_after_s=60)["failed"] == 1
+    job = get(sessions, job_id)
+    assert job.state == "failed" and job.error_type == "WorkerLost" and "2 attempts" in job.error_message
+
+
+def test_fresh_heartbeats_are_left_alone(env):
+    store, sessions, _ = env
+    job_id = new_job(store, sessions)
+    claim = store.claim(job_id, "w1:1")
+    assert store.heartbeat(claim) == (True, False)
+    assert store.reap(stale_after_s=60) == {"requeued": 0, "failed": 0, "cancelled": 0, "republished": 0}
+
+
+def test_a_committed_job_that_never_reached_the_broker_is_republished(env):
+    store, sessions, messages = env
+    with sessions.begin() as session:  # as if the API died between commit and publish
+        job = Job(kind="train", spec={}, queue="cpu", queued_at=utcnow() - timedelta(seconds=30))
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    assert messages() == 0
+    assert store.republish_unpublished() == 1
+    assert messages() == 1 and get(sessions, job_id).published_at is not None
+    assert store.republish_unpublished() == 0  # once only
+
+
+def test_recent_unpublished_jobs_wait_for_the_grace_period(env):
+    store, sessions, messages = env
+    with sessions.begin() as session:
+        session.add(Job(kind="train", spec={}, queue="cpu"))
+    assert store.republish_unpublished() == 0 and messages() == 0
+
+
+def test_cancel_queued_running_and_finished(env):
+    store, sessions, _ = env
+    queued = new_job(store, sessions)
+    assert store.cancel(queued) == "cancelled"
+    assert store.claim(queued, "w:1") is None  # a cancelled queued job never starts
+    running = new_job(store, sessions)
+    claim = store.claim(running, "w:1")
+    assert store.cancel(running) == "running"
+    assert store.heartbeat(claim) == (True, True)
+    store.finish(claim, JobState.CANCELLED)
+    with pytest.raises(JobConflict, match="already finished"):
+        store.cancel(running)
+    with pytest.raises(KeyError):
+        store.cancel("00000000-0000-0000-0000-000000000000")
+
+
+def test_stale_job_with_cancel_requested_ends_cancelled(env):
+    store, sessions, _ = env
+    job_id = new_job(store, sessions)
+    store.claim(job_id, "w:1")
+    store.cancel(job_id)
+    set_fields(sessions, job_id, heartbeat_at=utcnow() - timedelta(seconds=120))
+    assert store.reap(stale_after_s=60)["cancelled"] == 1
+    assert get(sessions, job_id).state == "cancelled"
+
+
+def test_worker_registry(env):
+    store, sessions, _ = env
+    store.worker_seen("host:1", "gpu,cpu", None)
+    store.worker_seen("host:1", "gpu,cpu", "job")
+    live = store.live_workers(stale_after_s=60)
+    assert [(w.hostname, w.current_job) for w in live] == [("host:1", "job")]
+    store.worker_gone("host:1")
+    assert store.live_workers(stale_after_s=60) == []
+    assert list(sessions().scalars(select(Job))) == []
