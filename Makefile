@@ -4,8 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 RUN_DIR ?= var/runs/seed
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
-.PHONY: install run test bench clean
+.PHONY: install run train-seed test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,8 +18,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Train the seed notebook's AutoEncoder (50 epochs) and write its checkpoint and figures.
+# API + worker on the embedded defaults (SQLite and a filesystem broker under
+# ./var, no servers); queues the seed preset on first start.
 run: $(STAMP)
+	LATENTFORGE_ALLOW_DOWNLOAD=$${LATENTFORGE_ALLOW_DOWNLOAD:-1} $(VENV)/bin/latentforge up --host $(HOST) --port $(PORT)
+
+# The seed notebook's AutoEncoder alone, without queue or database.
+train-seed: $(STAMP)
 	$(VENV)/bin/latentforge train --preset seed --download --overwrite --out $(RUN_DIR)
 
 test: $(STAMP)
@@ -25,6 +32,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/train_speed.py
+	$(PY) bench/queue_latency.py
 
 clean:
 	rm -rf $(VENV) var test-output

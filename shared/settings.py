@@ -35,6 +35,8 @@ class Settings:
     heartbeat_seconds: float = 5.0
     stale_after_seconds: float = 60.0
     max_attempts: int = 3
+    # Workers may fetch a missing dataset with torchvision (needs internet).
+    allow_download: bool = False
 
     @property
     def uses_embedded_broker(self) -> bool:
@@ -88,4 +90,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         heartbeat_seconds=heartbeat,
         stale_after_seconds=stale_after,
         max_attempts=int(number("MAX_ATTEMPTS", 3, int)),
+        allow_download=(get("ALLOW_DOWNLOAD") or "").lower() in ("1", "true", "yes"),
     )

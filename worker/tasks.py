@@ -176,7 +176,7 @@ def run_claimed(claim: Claim, folder: Path, should_stop: Callable[[], bool], log
                 monitor.lost.set()
 
         result = run_training(
-            spec, folder, data_dir=settings.data_dir, log=log_line, on_epoch=on_epoch,
+            spec, folder, data_dir=settings.data_dir, download=settings.allow_download, log=log_line, on_epoch=on_epoch,
             should_stop=should_stop, resume_dir=folder / RESUME_DIR,
         )
         last = result.history[-1]
