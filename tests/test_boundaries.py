@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-CORE_MODULES = ["worker.data", "worker.models", "worker.train", "worker.figures", "worker.checkpoint", "worker.pipeline"]
+CORE_MODULES = ["worker.data", "worker.models", "worker.train", "worker.figures", "worker.checkpoint",
+                "worker.pipeline", "worker.runners", "worker.files"]
 FORBIDDEN_IN_CORE = ["flask", "celery", "sqlalchemy", "kombu", "redis"]
 
 
@@ -21,7 +22,9 @@ def test_ml_core_never_imports_web_queue_or_database(module):
     assert not loaded & set(FORBIDDEN_IN_CORE), loaded & set(FORBIDDEN_IN_CORE)
 
 
-@pytest.mark.parametrize("module", ["api", "shared.settings", "shared.specs", "shared.cli"])
+@pytest.mark.parametrize("module", ["api", "api.jobs", "api.health", "api.openapi", "api.server", "api.gunicorn_conf",
+                                    "shared.settings", "shared.specs", "shared.cli", "shared.jobstore", "shared.queue",
+                                    "shared.db", "shared.migrate"])
 def test_api_and_shared_never_import_torch(module):
     loaded = imported_after(f"import {module}")
     assert "torch" not in loaded
