@@ -1,0 +1,30 @@
+# The API (gunicorn) and the one-shot migration (`latentforge db upgrade`).
+# No torch here: api/ never imports it, and the [api] extra does not pull it.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# The same uid/gid as the worker image: both write the shared artifacts volume.
+RUN groupadd --system --gid 10001 latentforge \
+ && useradd --system --uid 10001 --gid latentforge --create-home --home-dir /home/latentforge latentforge
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY api/ api/
+COPY worker/ worker/
+COPY shared/ shared/
+COPY migrations/ migrations/
+RUN pip install ".[api]" && rm -rf build *.egg-info
+
+# Mount points owned by the app user: an empty named volume takes this
+# ownership the first time it is mounted.
+RUN mkdir -p /var/lib/latentforge/artifacts /data \
+ && chown -R latentforge:latentforge /var/lib/latentforge /data
+
+USER latentforge
+EXPOSE 8000
+# Run from /app: the command names the config file by its path.
+CMD ["gunicorn", "-c", "api/gunicorn_conf.py", "api.wsgi:app"]
