@@ -92,3 +92,47 @@ def test_load_errors_name_the_problem(tmp_path, trained_run):
     (tmp_path / "model.safetensors").write_bytes((trained_run.folder / "model.safetensors").read_bytes())
     with pytest.raises(CheckpointError, match="weights do not fit the config"):
         load_model(tmp_path)
+
+
+def parse_safetensors(data: bytes) -> tuple[dict, dict]:
+    """Parse safetensors the way the browser does: header length, JSON header, raw little-endian buffers."""
+    import struct
+
+    (header_len,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + header_len])
+    metadata = header.pop("__metadata__", {})
+    base = 8 + header_len
+    dtypes = {"F32": np.float32, "U8": np.uint8}
+    tensors = {
+        name: np.frombuffer(data[base + info["data_offsets"][0] : base + info["data_offsets"][1]],
+                            dtype=dtypes[info["dtype"]]).reshape(info["shape"])
+        for name, info in header.items()
+    }
+    return tensors, metadata
+
+
+def test_exported_decoder_decodes_like_the_model(trained_run):
+    tensors, metadata = parse_safetensors((trained_run.folder / "decoder.safetensors").read_bytes())
+    assert metadata["format"] == "latentforge.decoder/1" and metadata["latent_dim"] == "2"
+    plan = json.loads(metadata["layers"])
+    assert [(p["in"], p["out"], p["activation"]) for p in plan] == [(2, 64, "relu"), (64, 128, "relu"), (128, 784, "none")]
+    points = np.array([[0.0, 0.0], [-2.0, 2.0], [1.5, -3.0]], dtype=np.float32)
+    h = points
+    for i, step in enumerate(plan):
+        h = h @ tensors[f"layers.{i}.weight"].T + tensors[f"layers.{i}.bias"]
+        if step["activation"] == "relu":
+            h = np.maximum(h, 0)
+    model, _ = load_model(trained_run.folder)
+    with torch.no_grad():
+        expected = model.decode(torch.from_numpy(points)).numpy()
+    np.testing.assert_allclose(h, expected, atol=1e-5)
+
+
+def test_exported_codes_are_the_training_set(trained_run, mnist_train):
+    tensors, metadata = parse_safetensors((trained_run.folder / "latent_codes.safetensors").read_bytes())
+    assert tensors["codes"].shape == (19690, 2) and np.isfinite(tensors["codes"]).all()
+    np.testing.assert_array_equal(tensors["labels"], mnist_train.labels.astype(np.uint8))
+    model, _ = load_model(trained_run.folder)
+    with torch.no_grad():
+        first = model.encode(torch.from_numpy(mnist_train.images[:5]).float().div(255)).numpy()
+    np.testing.assert_allclose(tensors["codes"][:5], first, atol=1e-5)

@@ -33,6 +33,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 METRICS_FILE = "metrics.jsonl"
 FIGURES_DIR = "figures"
+DECODER_FILE = "decoder.safetensors"
+CODES_FILE = "latent_codes.safetensors"
 
 
 class CheckpointError(Exception):
@@ -58,6 +60,40 @@ def save_weights(model: nn.Module, path: Path) -> None:
     tensors = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", "latentforge": FORMAT})
+
+
+def export_decoder(model: nn.Module, path: Path) -> Path:
+    """The decoder alone, for decoding in the browser: its Linear layers in order.
+
+    safetensors is trivial to parse in JavaScript (8-byte header length, JSON
+    header, raw little-endian float32); the metadata says how to run the layers.
+    """
+    layers = [m for m in model.decoder if isinstance(m, nn.Linear)]
+    tensors: dict[str, torch.Tensor] = {}
+    plan = []
+    for i, layer in enumerate(layers):
+        tensors[f"layers.{i}.weight"] = layer.weight.detach().to("cpu", torch.float32).clone()
+        tensors[f"layers.{i}.bias"] = layer.bias.detach().to("cpu", torch.float32).clone()
+        plan.append({"in": layer.in_features, "out": layer.out_features,
+                     "activation": "relu" if i < len(layers) - 1 else "none"})
+    metadata = {
+        "format": "latentforge.decoder/1",
+        "layers": json.dumps(plan),
+        "latent_dim": str(model.config.latent_dim),
+        "input_shape": json.dumps(list(model.config.input_shape)),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return path
+
+
+def export_codes(codes: np.ndarray, labels: np.ndarray, path: Path) -> Path:
+    """Codes of the training set with their labels (the explorer's background)."""
+    tensors = {"codes": torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32)),
+               "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.uint8))}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "latentforge.codes/1"})
+    return path
 
 
 def write_checkpoint(

@@ -20,8 +20,12 @@ from torch import nn
 from shared.specs import TrainSpec
 from worker import figures
 from worker.checkpoint import (
+    CODES_FILE,
+    DECODER_FILE,
     FIGURES_DIR,
     METRICS_FILE,
+    export_codes,
+    export_decoder,
     library_versions,
     load_training_state,
     save_training_state,
@@ -80,18 +84,17 @@ def draw_train_figures(
     model: nn.Module,
     train: ImageSplit,
     test: ImageSplit,
-    train_x: torch.Tensor,
+    train_codes: np.ndarray,
     test_x: torch.Tensor,
     history: list[dict],
     folder: Path,
 ) -> list[Path]:
     model.eval()
-    device = train_x.device
+    device = test_x.device
     shape = train.image_shape
     latent_dim = model.config.latent_dim
     out: list[Path] = []
 
-    train_codes = _encode(model, train_x)
     out.append(
         figures.latent_scatter(
             train_codes, train.labels, folder / "latent_scatter.png",
@@ -194,9 +197,13 @@ def run_training(
             "seconds": round(train_seconds, 3),
         },
     }
+    state.model.eval()
+    train_codes = _encode(state.model, train_x)
     figure_paths = draw_train_figures(
-        state.model, train_split, test_split, train_x, test_x, history, folder / FIGURES_DIR
+        state.model, train_split, test_split, train_codes, test_x, history, folder / FIGURES_DIR
     )
+    export_decoder(state.model, folder / DECODER_FILE)
+    export_codes(train_codes, train_split.labels, folder / CODES_FILE)
     write_checkpoint(folder, state.model, record, history)
     if resume_dir is not None:
         shutil.rmtree(resume_dir, ignore_errors=True)

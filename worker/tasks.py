@@ -57,7 +57,8 @@ def artifact_kind(relative: Path) -> str:
         return "figure"
     if name.endswith(".npy"):
         return "array"
-    return {"model.safetensors": "checkpoint", "config.json": "config", "metrics.jsonl": "metrics"}.get(name, "file")
+    return {"model.safetensors": "checkpoint", "config.json": "config", "metrics.jsonl": "metrics",
+            "decoder.safetensors": "decoder", "latent_codes.safetensors": "codes"}.get(name, "file")
 
 
 def _sha256(path: Path) -> str:
