@@ -79,31 +79,23 @@ def request_fingerprint(body: Any) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def replay(key: str, fingerprint: str) -> Response | None:
+def find_replay(key: str, fingerprint: str) -> Job | None:
     existing = db().scalars(
         select(Job).where(Job.idempotency_key == key).options(selectinload(Job.artifacts))
     ).one_or_none()
-    if existing is None:
-        return None
-    if existing.request_hash != fingerprint:
+    if existing is not None and existing.request_hash != fingerprint:
         raise Problem(422, "Idempotency key reused", f"Idempotency-Key {key!r} was already used with a different request",
                       slug="idempotency-key-reused")
-    response = jsonify(job_out(existing, API_PREFIX))
-    response.headers["Idempotent-Replayed"] = "true"
-    response.headers["Location"] = f"{API_PREFIX}/jobs/{existing.id}"
-    return response
+    return existing
 
 
-@bp.post("/jobs")
-@write_access
-def create_job() -> Any:
-    body = read_json_body()
-    key = request.headers.get("Idempotency-Key")
+def submit_job(body: Any, key: str | None = None) -> tuple[Job, bool]:
+    """Validate and queue a job; returns (job, replayed). Raises Problem on bad input."""
     if key is not None and not (1 <= len(key) <= 200):
         raise validation_problem([("Idempotency-Key", "must be 1 to 200 characters")], status=400)
     fingerprint = request_fingerprint(body)
-    if key and (replayed := replay(key, fingerprint)) is not None:
-        return replayed
+    if key and (existing := find_replay(key, fingerprint)) is not None:
+        return existing, True
     if not isinstance(body, dict):
         raise validation_problem([("(body)", "must be a JSON object with 'kind' and 'spec'")])
     try:
@@ -125,12 +117,21 @@ def create_job() -> Any:
         )
     except IntegrityError:
         session.rollback()  # a concurrent retry with the same key won the insert
-        if key and (replayed := replay(key, fingerprint)) is not None:
-            return replayed
+        if key and (existing := find_replay(key, fingerprint)) is not None:
+            return existing, True
         raise
+    return job, False
+
+
+@bp.post("/jobs")
+@write_access
+def create_job() -> Any:
+    job, replayed = submit_job(read_json_body(), request.headers.get("Idempotency-Key"))
     response = jsonify(job_out(job, API_PREFIX))
-    response.status_code = 201
+    response.status_code = 200 if replayed else 201
     response.headers["Location"] = f"{API_PREFIX}/jobs/{job.id}"
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return response
 
 

@@ -104,6 +104,7 @@ class Monitor:
         self._thread = threading.Thread(target=self._loop, name="latentforge-monitor", daemon=True)
 
     def start(self) -> None:
+        self.beat()  # registered at once: /health counts this worker from "ready" on
         self._thread.start()
 
     def stop(self) -> None:
