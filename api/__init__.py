@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None, *, check_database: bool = True)
     app.config.update(LATENTFORGE=services, MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
 
     from api.errors import register_error_handlers
+    from api.gallery import bp as gallery_bp
     from api.health import bp as health_bp
     from api.jobs import bp as jobs_bp
     from api.openapi import bp as openapi_bp
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None, *, check_database: bool = True)
     app.register_blueprint(jobs_bp, url_prefix=API_PREFIX)
     app.register_blueprint(health_bp, url_prefix=API_PREFIX)
     app.register_blueprint(openapi_bp, url_prefix=API_PREFIX)
+    app.register_blueprint(gallery_bp)
 
     @app.teardown_appcontext
     def _close_session(_exc: BaseException | None) -> None:

@@ -30,8 +30,25 @@ def validation_problem(errors: list[tuple[str, str]], status: int = 422) -> Prob
     return Problem(status, "Invalid request", detail, errors=fields, slug="validation")
 
 
+def wants_html() -> bool:
+    """Gallery pages answer errors with a page; the API always with problem+json."""
+    if request.path.startswith("/api/"):
+        return False
+    best = request.accept_mimetypes.best_match(["text/html", "application/json", "application/problem+json"])
+    return best == "text/html"
+
+
 def problem_response(status: int, title: str, detail: str, *, slug: str | None = None,
                      errors: list[dict[str, str]] | None = None, headers: dict[str, str] | None = None) -> Response:
+    if wants_html():
+        from flask import render_template
+
+        html = render_template("error.html", status=status, title=title, detail=detail, errors=errors or [])
+        response = Response(html, status=status, mimetype="text/html")
+        for key, value in (headers or {}).items():
+            if key != "WWW-Authenticate":  # no browser login prompt for a form's token
+                response.headers[key] = value
+        return response
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE + (slug or title.lower().replace(" ", "-")),
         "title": title,

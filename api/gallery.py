@@ -1,0 +1,280 @@
+"""The web gallery: server-rendered pages with small plain JavaScript, no build step.
+
+Forms post to these routes (not to the JSON API) with a CSRF token (a
+double-submit cookie, SameSite=Strict) and, when the server has one, the API
+token in a form field. Every page is served under a Content-Security-Policy
+that allows only this origin's scripts and styles; the pages use no inline
+script or style.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+from typing import Any
+
+from flask import Blueprint, Response, abort, g, redirect, render_template, request, url_for
+from sqlalchemy import func, select
+from sqlalchemy.orm import selectinload
+
+from api import API_PREFIX, db, services
+from api.auth import token_matches
+from api.errors import Problem
+from api.jobs import LIST_DEFAULT, decode_cursor, encode_cursor, get_job_or_404, parse_uuid, submit_job
+from api.schemas import job_out
+from shared.db import Job, JobState
+from shared.specs import SEED_PRESET, JobKind, TrainSpec
+
+bp = Blueprint("gallery", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
+
+CSRF_COOKIE = "lf_csrf"
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
+    "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+MAX_COMPARE = 8
+THUMB_PREFERENCE = ("figures/latent_scatter.thumb.png", "figures/embedding.thumb.png",
+                    "figures/embedding_pca.thumb.png", "figures/samples.thumb.png")
+
+
+# -- security plumbing -------------------------------------------------------------------
+
+
+def csrf_token() -> str:
+    if "csrf" not in g:
+        g.csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
+    return g.csrf
+
+
+@bp.app_context_processor
+def _template_globals() -> dict[str, Any]:
+    return {"csrf_token": csrf_token, "needs_token": bool(services().settings.api_token), "api_prefix": API_PREFIX}
+
+
+@bp.after_app_request
+def _security_headers(response: Response) -> Response:
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    if "csrf" in g and request.cookies.get(CSRF_COOKIE) != g.csrf:
+        response.set_cookie(CSRF_COOKIE, g.csrf, httponly=True, samesite="Strict", secure=request.is_secure)
+    return response
+
+
+def check_form() -> None:
+    """CSRF double-submit check, then the API token when the server has one."""
+    cookie, field = request.cookies.get(CSRF_COOKIE, ""), request.form.get("csrf_token", "")
+    if not cookie or not hmac.compare_digest(cookie, field):
+        raise Problem(403, "Forbidden", "the form's CSRF token is missing or does not match; reload the page and retry",
+                      slug="csrf")
+    expected = services().settings.api_token
+    if expected and not token_matches(request.form.get("api_token", ""), expected):
+        raise Problem(401, "Unauthorized", "this server needs its API token in the form's token field", slug="unauthorized")
+
+
+# -- helpers for the templates ------------------------------------------------------------
+
+
+def thumbnail(job: dict[str, Any]) -> dict[str, Any] | None:
+    by_name = {a["name"]: a for a in job["artifacts"]}
+    for name in THUMB_PREFERENCE:
+        if name in by_name:
+            return by_name[name]
+    return next((a for a in job["artifacts"] if a["kind"] == "thumbnail"), None)
+
+
+def figures_of(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every figure with its thumbnail (when there is one); none is ever left out."""
+    by_name = {a["name"]: a for a in job["artifacts"]}
+    out = []
+    for artifact in job["artifacts"]:
+        if artifact["kind"] == "figure":
+            thumb = by_name.get(artifact["name"][: -len(".png")] + ".thumb.png")
+            out.append({"figure": artifact, "thumb": thumb or artifact,
+                        "title": artifact["name"].rsplit("/", 1)[-1][: -len(".png")].replace("_", " ")})
+    return out
+
+
+def train_choices() -> list[Job]:
+    return list(db().scalars(
+        select(Job).where(Job.kind == JobKind.TRAIN.value, Job.state == JobState.SUCCEEDED.value)
+        .order_by(Job.created_at.desc()).limit(100)
+    ))
+
+
+def is_2d_model(job: dict[str, Any]) -> bool:
+    names = {a["name"] for a in job["artifacts"]}
+    return job["kind"] == "train" and job["spec"].get("latent_dim") == 2 and "decoder.safetensors" in names
+
+
+# -- pages ----------------------------------------------------------------------------------------
+
+
+def render_runs(errors: list[dict[str, str]] | None = None, form: dict[str, Any] | None = None, status: int = 200):
+    kind, state = request.args.get("kind") or None, request.args.get("state") or None
+    if kind not in (None, *[k.value for k in JobKind]) or state not in (None, *[s.value for s in JobState]):
+        raise Problem(400, "Bad Request", "unknown kind or state filter", slug="bad-filter")
+    query = select(Job).options(selectinload(Job.artifacts))
+    if kind:
+        query = query.where(Job.kind == kind)
+    if state:
+        query = query.where(Job.state == state)
+    if cursor := request.args.get("cursor"):
+        created, job_id = decode_cursor(cursor)
+        query = query.where((Job.created_at < created) | ((Job.created_at == created) & (Job.id < job_id)))
+    jobs = list(db().scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(LIST_DEFAULT + 1)))
+    next_cursor = encode_cursor(jobs[LIST_DEFAULT - 1]) if len(jobs) > LIST_DEFAULT else None
+    rows = [job_out(j, API_PREFIX) for j in jobs[:LIST_DEFAULT]]
+    counts = dict(db().execute(select(Job.state, func.count()).group_by(Job.state)).all())
+    defaults = {**TrainSpec().to_dict(), **SEED_PRESET, "preset": "seed", "hidden": "128,64"}
+    html = render_template(
+        "runs.html", rows=rows, thumbnail=thumbnail, next_cursor=next_cursor, kind=kind, state=state,
+        counts=counts, total=sum(counts.values()), kinds=[k.value for k in JobKind], states=[s.value for s in JobState],
+        defaults=defaults, form=form or {}, errors=errors or [], models=train_choices(),
+    )
+    return html, status
+
+
+@bp.get("/")
+def runs() -> Any:
+    return render_runs()
+
+
+def _form_train_spec(form: dict[str, str]) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    if form.get("preset"):
+        spec["preset"] = form["preset"]
+    for name in ("epochs", "latent_dim", "batch_size", "seed"):
+        if form.get(name, "").strip():
+            spec[name] = _number(form[name], int)
+    if form.get("lr", "").strip():
+        spec["lr"] = _number(form["lr"], float)
+    if form.get("hidden", "").strip():
+        spec["hidden"] = [_number(part, int) for part in form["hidden"].split(",") if part.strip()]
+    for name in ("dataset", "device", "model"):
+        if form.get(name):
+            spec[name] = form[name]
+    return spec
+
+
+def _number(text: str, kind: type) -> Any:
+    try:
+        return kind(text.strip())
+    except ValueError:
+        return text.strip()  # left as text: validation names the field
+
+
+@bp.post("/runs")
+def create_run() -> Any:
+    check_form()
+    form = request.form.to_dict()
+    kind = form.get("kind", "train")
+    if kind == "train":
+        spec = _form_train_spec(form)
+    elif kind == "embed":
+        spec = {"model_job": form.get("model_job", ""), "split": form.get("split", "test")}
+        if form.get("limit", "").strip():
+            spec["limit"] = _number(form["limit"], int)
+    elif kind == "sample":
+        spec = {"model_job": form.get("model_job", "")}
+        if form.get("latent_coords", "").strip():
+            try:
+                spec["latent_coords"] = json.loads(form["latent_coords"])
+            except json.JSONDecodeError:
+                spec["latent_coords"] = form["latent_coords"]
+        elif form.get("n", "").strip():
+            spec["n"] = _number(form["n"], int)
+    else:
+        spec = {}
+    body: dict[str, Any] = {"kind": kind, "spec": spec}
+    if form.get("name", "").strip():
+        body["name"] = form["name"].strip()
+    try:
+        job, _ = submit_job(body)
+    except Problem as problem:
+        if problem.status in (401, 403):
+            raise
+        if request.form.get("return_to") == "run" and form.get("model_job"):
+            return render_run(form["model_job"], errors=problem.errors or [{"field": "", "message": problem.detail}],
+                              status=problem.status)
+        return render_runs(errors=problem.errors or [{"field": "", "message": problem.detail}], form=form,
+                           status=problem.status)
+    return redirect(url_for("gallery.run_page", job_id=job.id), code=303)
+
+
+def render_run(job_id: str, errors: list[dict[str, str]] | None = None, status: int = 200):
+    job = job_out(get_job_or_404(job_id), API_PREFIX)
+    children = [job_out(j, API_PREFIX) for j in db().scalars(
+        select(Job).where(Job.parent_id == job["id"]).options(selectinload(Job.artifacts)).order_by(Job.created_at)
+    )]
+    parent = job_out(get_job_or_404(job["parent"]), API_PREFIX) if job["parent"] else None
+    downloads = [a for a in job["artifacts"] if a["kind"] not in ("figure", "thumbnail")]
+    return render_template(
+        "run.html", job=job, figures=figures_of(job), downloads=downloads, children=children, parent=parent,
+        thumbnail=thumbnail, explorable=is_2d_model(job), errors=errors or [],
+        history_json=json.dumps(job["progress"].get("history", [])),
+    ), status
+
+
+@bp.get("/runs/<job_id>")
+def run_page(job_id: str) -> Any:
+    return render_run(job_id)
+
+
+@bp.post("/runs/<job_id>/cancel")
+def cancel_run(job_id: str) -> Any:
+    check_form()
+    job_id = parse_uuid(job_id)
+    try:
+        services().store.cancel(job_id)
+    except KeyError:
+        abort(404)
+    except Exception as exc:  # JobConflict: already finished; show the page as it is
+        return render_run(job_id, errors=[{"field": "", "message": str(exc)}], status=409)
+    return redirect(url_for("gallery.run_page", job_id=job_id), code=303)
+
+
+@bp.post("/runs/<job_id>/rerun")
+def rerun(job_id: str) -> Any:
+    check_form()
+    job = get_job_or_404(job_id)
+    spec = dict(job.spec)
+    body = {"kind": job.kind, "spec": spec, "name": f"{job.name or job.kind} (re-run)"[:200], "tags": list(job.tags or [])}
+    new_job, _ = submit_job(body)
+    return redirect(url_for("gallery.run_page", job_id=new_job.id), code=303)
+
+
+@bp.get("/compare")
+def compare() -> Any:
+    raw = [part.strip() for part in request.args.get("ids", "").split(",") if part.strip()]
+    if not 1 <= len(raw) <= MAX_COMPARE:
+        raise Problem(400, "Bad Request", f"give 1 to {MAX_COMPARE} run ids as ?ids=a,b,...", slug="compare-ids")
+    jobs = [job_out(get_job_or_404(job_id), API_PREFIX) for job_id in raw]
+    spec_keys = sorted({key for job in jobs for key in job["spec"]})
+    differing = {key for key in spec_keys if len({json.dumps(job["spec"].get(key)) for job in jobs}) > 1}
+    figure_names: list[str] = []
+    for job in jobs:
+        for item in figures_of(job):
+            if item["figure"]["name"] not in figure_names:
+                figure_names.append(item["figure"]["name"])
+    figure_rows = [
+        {"name": name, "cells": [next((f for f in figures_of(job) if f["figure"]["name"] == name), None) for job in jobs]}
+        for name in figure_names
+    ]
+    curves = [{"id": job["id"], "label": job["name"] or job["id"][:8], "history": job["progress"].get("history", [])}
+              for job in jobs]
+    return render_template("compare.html", jobs=jobs, spec_keys=spec_keys, differing=differing,
+                           figure_rows=figure_rows, curves_json=json.dumps(curves))
+
+
+@bp.get("/runs/<job_id>/explore")
+def explore(job_id: str) -> Any:
+    job = job_out(get_job_or_404(job_id), API_PREFIX)
+    if not is_2d_model(job):
+        raise Problem(409, "Conflict", "the latent explorer needs a succeeded train job with a 2-D latent space",
+                      slug="not-explorable")
+    by_name = {a["name"]: a for a in job["artifacts"]}
+    return render_template("explorer.html", job=job, decoder=by_name["decoder.safetensors"],
+                           codes=by_name.get("latent_codes.safetensors"))
