@@ -43,7 +43,7 @@ def problem_response(status: int, title: str, detail: str, *, slug: str | None =
     if wants_html():
         from flask import render_template
 
-        html = render_template("error.html", status=status, title=title, detail=detail, errors=errors or [])
+        html = render_template("error.html", status=status, title=title, detail=detail)
         response = Response(html, status=status, mimetype="text/html")
         for key, value in (headers or {}).items():
             if key != "WWW-Authenticate":  # no browser login prompt for a form's token

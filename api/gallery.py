@@ -137,6 +137,11 @@ def render_runs(errors: list[dict[str, str]] | None = None, form: dict[str, Any]
     return html, status
 
 
+@bp.get("/favicon.ico")
+def favicon() -> Any:
+    return bp.send_static_file("favicon.svg")
+
+
 @bp.get("/")
 def runs() -> Any:
     return render_runs()

@@ -73,34 +73,6 @@ document.addEventListener("DOMContentLoaded", async () => {
   let decoder, shape, bounds, background;
   const pins = [];
 
-  try {
-    const parsed = parseSafetensors(await fetchBuffer(root.dataset.decoder));
-    decoder = makeDecoder(parsed);
-    shape = JSON.parse(parsed.metadata.input_shape);
-    let codes = null, labels = null;
-    if (root.dataset.codes) {
-      const c = parseSafetensors(await fetchBuffer(root.dataset.codes));
-      codes = c.tensors.codes.data;
-      labels = c.tensors.labels.data;
-    }
-    bounds = planeBounds(codes);
-    background = drawBackground(codes, labels);
-    legend.replaceChildren(...TAB10.map((colour, digit) => {
-      const item = document.createElement("span");
-      item.className = "legend-item legend-" + digit;
-      item.textContent = "● " + digit;
-      return item;
-    }));
-    redraw(null);
-    status.textContent = "Decoder loaded (" + JSON.parse(parsed.metadata.layers).length + " layers); " +
-      (codes ? (codes.length / 2).toLocaleString() + " training codes shown" : "no codes") + ".";
-    status.dataset.ready = "true";
-  } catch (error) {
-    status.textContent = "Could not load the decoder: " + error.message;
-    status.dataset.ready = "error";
-    return;
-  }
-
   function planeBounds(codes) {
     if (!codes || !codes.length) return { x0: -4, x1: 4, y0: -4, y1: 4 };
     let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
@@ -190,6 +162,34 @@ document.addEventListener("DOMContentLoaded", async () => {
     }));
     pinnedInput.value = JSON.stringify(pins);
     serverButton.disabled = pins.length === 0;
+  }
+
+  try {
+    const parsed = parseSafetensors(await fetchBuffer(root.dataset.decoder));
+    decoder = makeDecoder(parsed);
+    shape = JSON.parse(parsed.metadata.input_shape);
+    let codes = null, labels = null;
+    if (root.dataset.codes) {
+      const c = parseSafetensors(await fetchBuffer(root.dataset.codes));
+      codes = c.tensors.codes.data;
+      labels = c.tensors.labels.data;
+    }
+    bounds = planeBounds(codes);
+    background = drawBackground(codes, labels);
+    legend.replaceChildren(...TAB10.map((colour, digit) => {
+      const item = document.createElement("span");
+      item.className = "legend-item legend-" + digit;
+      item.textContent = "● " + digit;
+      return item;
+    }));
+    redraw(null);
+    status.textContent = "Decoder loaded (" + JSON.parse(parsed.metadata.layers).length + " layers); " +
+      (codes ? (codes.length / 2).toLocaleString() + " training codes shown" : "no codes") + ".";
+    status.dataset.ready = "true";
+  } catch (error) {
+    status.textContent = "Could not load the decoder: " + error.message;
+    status.dataset.ready = "error";
+    return;
   }
 
   plane.addEventListener("pointermove", (event) => {
