@@ -198,7 +198,9 @@ document.addEventListener("DOMContentLoaded", async () => {
     redraw(z);
   });
   plane.addEventListener("click", (event) => {
-    const z = eventLatent(event);
+    // Pin what is on screen: the hovered point (click coordinates are rounded to whole pixels).
+    const shown = window.latentExplorer.last;
+    const z = shown ? shown.z : eventLatent(event);
     pins.push(z);
     renderPins();
     redraw(z);

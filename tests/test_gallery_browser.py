@@ -1,0 +1,224 @@
+"""The gallery in real headless Chromium (Playwright driving Debian's chromium) against a real server and worker.
+
+Screenshots of every page land in test-output/screenshots/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from tests.stack import REPO
+
+TOKEN = "gallery-token-5d2e"
+SHOTS = REPO / "test-output" / "screenshots"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def chromium_present():
+    if not Path(CHROMIUM).exists():  # fail loudly: .ci/run installs it
+        pytest.fail(f"Debian chromium not found at {CHROMIUM}: apt-get install -y chromium")
+
+
+@pytest.fixture(scope="module")
+def stack(stack_factory):
+    return stack_factory("embedded", token=TOKEN)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        browser.close()
+
+
+class Console:
+    """Every console error and uncaught exception of a page, with the URL it happened on."""
+
+    def __init__(self, page):
+        self.problems: list[str] = []
+        page.on("console", lambda m: self.problems.append(f"{page.url}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.problems.append(f"{page.url}: uncaught {e}"))
+        page.on("dialog", lambda d: (self.problems.append(f"{page.url}: dialog {d.message}"), d.dismiss()))
+
+
+@pytest.fixture()
+def page(browser):
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    page = context.new_page()
+    page.console = Console(page)
+    yield page
+    assert page.console.problems == [], page.console.problems
+    context.close()
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def load_all_images(page, selector: str) -> list[int]:
+    """Scroll each lazy image into view and return the natural widths."""
+    widths = []
+    for img in page.locator(selector).all():
+        img.scroll_into_view_if_needed()
+        page.wait_for_function("el => el.complete && el.naturalWidth > 0", arg=img.element_handle(), timeout=20_000)
+        widths.append(img.evaluate("el => el.naturalWidth"))
+    return widths
+
+
+def submit_train_form(page, stack, **fields) -> str:
+    page.goto(stack.url + "/")
+    form = page.locator("#train-form")
+    for name, value in fields.items():
+        form.locator(f"[name={name}]").fill(str(value))
+    form.locator("[name=api_token]").fill(TOKEN)
+    with page.expect_navigation():
+        form.locator("button[type=submit]").click()
+    match = re.search(r"/runs/([0-9a-f-]{36})$", page.url)
+    assert match, page.url
+    return match.group(1)
+
+
+def test_seed_run_from_the_form_then_compare_and_explore(stack, page):
+    # 1. Submit the seed preset (2 epochs) from the form: the form is prefilled with it.
+    page.goto(stack.url + "/")
+    assert page.locator("#train-form [name=preset]").input_value() == "seed"
+    assert page.locator("#train-form [name=lr]").input_value() == "0.001"
+    # Keep the only worker busy for a moment, so the page opens while the new run is still queued.
+    busy = stack.submit("train", {"epochs": 8, "device": "cpu"}, name="warm-up")
+    stack.wait_job(busy["id"], ("running",))
+    job_id = submit_train_form(page, stack, epochs=2, name="seed from the form")
+    assert page.locator("#run [data-role=state]").inner_text() == "queued"
+
+    # 2. The progress bar advances without a reload.
+    page.evaluate("window.__sameDocument = true")
+    start = page.locator("#run progress").evaluate("el => el.value")
+    page.wait_for_function("() => window.__sameDocument && document.querySelector('#run progress').value > %f" % start,
+                           timeout=60_000)
+    shot(page, "run-training")
+    # ...and when it ends the page shows its figures, every one loaded.
+    page.wait_for_function("() => !window.__sameDocument && document.querySelectorAll('.figure img').length === 6",
+                           timeout=120_000)
+    assert page.locator("#run [data-role=state]").inner_text() == "succeeded"
+    widths = load_all_images(page, ".figure img")
+    assert len(widths) == 6 and min(widths) > 0
+    assert page.locator("#loss-chart svg path").count() == 2
+    assert page.locator("a[download]").count() >= 6 + 5  # each figure and the checkpoint files
+    shot(page, "run")
+
+    # 3. A second run, then compare the two from the runs page.
+    other = stack.submit("train", {"epochs": 1, "lr": 0.003, "device": "cpu"}, name="lr 0.003")
+    stack.wait_job(other["id"])
+    page.goto(stack.url + "/")
+    page.locator(f"tr[data-job-id='{job_id}'] input.pick").check()
+    page.locator(f"tr[data-job-id='{other['id']}'] input.pick").check()
+    load_all_images(page, "td.thumb img")
+    shot(page, "runs")
+    with page.expect_navigation():
+        page.locator("#compare-selected").click()
+    assert "/compare?ids=" in page.url
+    headers = page.locator("#compare-table thead th").all_inner_texts()
+    assert len(headers) == 3 and "seed from the form" in headers[1] + headers[2]
+    differing = page.locator("#compare-table tr.differs th").all_inner_texts()
+    assert {"epochs", "lr"} <= set(differing) and "batch_size" not in differing
+    rows = page.locator("#compare-table tr.figure-row")
+    assert rows.count() == 6
+    for i in range(rows.count()):
+        assert rows.nth(i).locator("img").count() == 2  # the same figure of both runs side by side
+    assert min(load_all_images(page, "#compare-table img")) > 0
+    assert page.locator("#compare-chart svg path").count() == 4
+    shot(page, "compare")
+
+    # 4. The latent explorer: two pointer positions decode to two different images in the browser...
+    page.goto(stack.url + f"/runs/{job_id}/explore")
+    page.wait_for_function("() => document.getElementById('explorer-status').dataset.ready === 'true'", timeout=30_000)
+    box = page.locator("#plane").bounding_box()
+    points = [(box["x"] + 0.3 * box["width"], box["y"] + 0.35 * box["height"]),
+              (box["x"] + 0.75 * box["width"], box["y"] + 0.7 * box["height"])]
+    browser_decodes = []
+    for x, y in points:
+        page.mouse.move(x, y)
+        page.mouse.click(x, y)
+        browser_decodes.append(page.evaluate("() => window.latentExplorer.last"))
+    first, second = (np.array(d["pixels"]) for d in browser_decodes)
+    assert first.shape == (784,) and np.abs(first - second).max() > 50
+    assert json.loads(page.locator("#pinned-coords").input_value()) == [d["z"] for d in browser_decodes]
+    shot(page, "explorer")
+
+    # ...and equal, within 1/255 per pixel, to the server's decode of the same points.
+    page.locator("#server-decode [name=api_token]").fill(TOKEN)
+    with page.expect_navigation():
+        page.locator("#decode-on-server").click()
+    sample_id = re.search(r"/runs/([0-9a-f-]{36})$", page.url).group(1)
+    sample = stack.wait_job(sample_id)
+    assert sample["state"] == "succeeded" and sample["spec"]["latent_coords"] == [d["z"] for d in browser_decodes]
+    images_url = next(a["url"] for a in sample["artifacts"] if a["name"] == "images.npy")
+    server = np.load(io.BytesIO(requests.get(stack.url + images_url, timeout=30).content))
+    for decoded, image in zip(browser_decodes, server):
+        server_pixels = np.round(np.clip(image.reshape(-1), 0, 1) * 255)
+        assert np.abs(server_pixels - np.array(decoded["pixels"])).max() <= 1
+    page.wait_for_function("() => document.querySelectorAll('.figure img').length === 1", timeout=30_000)
+    assert min(load_all_images(page, ".figure img")) > 0
+    shot(page, "sample")
+
+
+def test_names_render_as_text_never_as_markup(stack, page):
+    hostile = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    job = stack.submit("train", {"epochs": 1, "device": "cpu"}, name=hostile, tags=["<b>tag</b>"])
+    stack.wait_job(job["id"])
+    for url in ("/", f"/runs/{job['id']}", f"/compare?ids={job['id']}"):
+        page.goto(stack.url + url)
+        assert page.get_by_text(hostile).first.is_visible()
+        html = requests.get(stack.url + url, timeout=30).text
+        assert hostile not in html and "&lt;script&gt;" in html
+        assert page.locator("img[src=x]").count() == 0
+    shot(page, "escaped-name")
+
+
+def test_pages_send_a_csp_they_satisfy_and_forms_need_csrf(stack, page):
+    response = requests.get(stack.url + "/", timeout=30)
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    assert "<script>" not in response.text and " style=" not in response.text  # nothing inline to allow
+    # A form post without the CSRF cookie and field is refused, and queues nothing.
+    before = len(stack.get("/jobs?limit=200").json()["items"])
+    forged = requests.post(stack.url + "/runs", data={"kind": "train", "epochs": "1", "api_token": TOKEN}, timeout=30)
+    assert forged.status_code == 403 and "CSRF" in forged.text
+    assert len(stack.get("/jobs?limit=200").json()["items"]) == before
+    # A form post with a wrong token is refused too.
+    page.goto(stack.url + "/")
+    form = page.locator("#train-form")
+    form.locator("[name=api_token]").fill("wrong")
+    form.locator("button[type=submit]").click()
+    page.wait_for_load_state()
+    assert "needs its API token" in page.content()
+    page.console.problems.clear()  # the 401 page load itself is logged by Chromium
+
+
+def test_invalid_form_input_is_shown_next_to_the_form(stack, page):
+    page.goto(stack.url + "/")
+    form = page.locator("#train-form")
+    form.locator("[name=epochs]").fill("0")
+    form.locator("[name=lr]").fill("fast")
+    form.locator("[name=api_token]").fill(TOKEN)
+    form.locator("button[type=submit]").click()
+    page.wait_for_load_state()
+    errors = page.locator(".errors li").all_inner_texts()
+    assert any("spec.epochs" in e and "greater than or equal to 1" in e for e in errors)
+    assert any("spec.lr" in e for e in errors)
+    assert page.locator("#train-form [name=epochs]").input_value() == "0"  # what the user typed is kept
+    page.console.problems.clear()  # Chromium logs the 422 status of the page itself
