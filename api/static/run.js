@@ -4,11 +4,13 @@
 document.addEventListener("DOMContentLoaded", () => {
   const run = document.getElementById("run");
   const chart = document.getElementById("loss-chart");
-  let history = JSON.parse(chart.dataset.history || "[]");
-  const draw = () => window.LatentForgeChart.drawChart(chart, window.LatentForgeChart.lossSeries(history));
+  let history = chart ? JSON.parse(chart.dataset.history || "[]") : [];
+  const draw = () => chart && window.LatentForgeChart.drawChart(chart, window.LatentForgeChart.lossSeries(history));
   draw();
   if (run.dataset.state === "queued" || run.dataset.state === "running") {
     run.addEventListener("lf:progress", (event) => {
+      const stateText = document.querySelector('[data-role="state-text"]');
+      if (stateText) stateText.textContent = event.detail.state;
       const h = (event.detail.progress || {}).history;
       if (Array.isArray(h) && h.length !== history.length) {
         history = h;
