@@ -21,7 +21,15 @@ from sqlalchemy.orm import selectinload
 from api import API_PREFIX, db, services
 from api.auth import token_matches
 from api.errors import Problem
-from api.jobs import LIST_DEFAULT, decode_cursor, encode_cursor, get_job_or_404, parse_uuid, submit_job
+from api.jobs import (
+    LIST_DEFAULT,
+    before_cursor,
+    decode_cursor,
+    encode_cursor,
+    get_job_or_404,
+    parse_uuid,
+    submit_job,
+)
 from api.schemas import job_out
 from shared.db import Job, JobState
 from shared.specs import SEED_PRESET, JobKind, TrainSpec
@@ -97,11 +105,13 @@ def figures_of(job: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def train_choices() -> list[Job]:
-    return list(db().scalars(
-        select(Job).where(Job.kind == JobKind.TRAIN.value, Job.state == JobState.SUCCEEDED.value)
+def train_choices() -> list[dict[str, Any]]:
+    """Finished models for the embed/sample forms: plain rows, not ORM objects."""
+    rows = db().execute(
+        select(Job.id, Job.name, Job.spec).where(Job.kind == JobKind.TRAIN.value, Job.state == JobState.SUCCEEDED.value)
         .order_by(Job.created_at.desc()).limit(100)
-    ))
+    ).all()
+    return [{"id": r.id, "name": r.name, "spec": r.spec} for r in rows]
 
 
 def is_2d_model(job: dict[str, Any]) -> bool:
@@ -123,12 +133,12 @@ def render_runs(errors: list[dict[str, str]] | None = None, form: dict[str, Any]
         query = query.where(Job.state == state)
     if cursor := request.args.get("cursor"):
         created, job_id = decode_cursor(cursor)
-        query = query.where((Job.created_at < created) | ((Job.created_at == created) & (Job.id < job_id)))
+        query = query.where(before_cursor(created, job_id))
     jobs = list(db().scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(LIST_DEFAULT + 1)))
     next_cursor = encode_cursor(jobs[LIST_DEFAULT - 1]) if len(jobs) > LIST_DEFAULT else None
-    rows = [job_out(j, API_PREFIX) for j in jobs[:LIST_DEFAULT]]
+    rows = [job_out(j, API_PREFIX, history=False) for j in jobs[:LIST_DEFAULT]]
     counts = dict(db().execute(select(Job.state, func.count()).group_by(Job.state)).all())
-    defaults = {**TrainSpec().to_dict(), **SEED_PRESET, "preset": "seed", "hidden": "128,64"}
+    defaults = {**SEED_PRESET, "device": "auto", "preset": "seed", "hidden": "128,64"}
     html = render_template(
         "runs.html", rows=rows, thumbnail=thumbnail, next_cursor=next_cursor, kind=kind, state=state,
         counts=counts, total=sum(counts.values()), kinds=[k.value for k in JobKind], states=[s.value for s in JobState],

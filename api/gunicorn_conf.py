@@ -18,3 +18,10 @@ def on_starting(server):
     token = os.environ.get("LATENTFORGE_API_TOKEN", "").strip() or None
     for address in server.cfg.bind:
         check_bind(host_of(address), token)
+
+
+def post_worker_init(worker):
+    import gc
+
+    gc.collect()
+    gc.freeze()  # see api.server.frozen

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from flask import Blueprint, Response, jsonify, request, send_file, stream_with_context
 from pydantic import ValidationError
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
@@ -149,6 +149,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise validation_problem([("cursor", "is not a cursor this API returned")], status=400) from None
 
 
+def before_cursor(created: datetime, job_id: str):
+    """Rows after the cursor in (created_at, id) descending order, as one index bound."""
+    return tuple_(Job.created_at, Job.id) < tuple_(created, job_id)
+
+
 def _choice(name: str, allowed: list[str]) -> str | None:
     value = request.args.get(name)
     if value is not None and value not in allowed:
@@ -176,10 +181,10 @@ def list_jobs() -> Any:
     limit = int(raw_limit)
     if cursor := request.args.get("cursor"):
         created, job_id = decode_cursor(cursor)
-        query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
+        query = query.where(before_cursor(created, job_id))
     jobs = list(db().scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
     next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
-    return jsonify({"items": [job_out(j, API_PREFIX) for j in jobs[:limit]], "next_cursor": next_cursor})
+    return jsonify({"items": [job_out(j, API_PREFIX, history=False) for j in jobs[:limit]], "next_cursor": next_cursor})
 
 
 @bp.get("/jobs/<job_id>")

@@ -83,14 +83,21 @@ def artifact_out(artifact: Artifact, prefix: str) -> dict[str, Any]:
     }
 
 
-def job_out(job: Job, prefix: str) -> dict[str, Any]:
-    """The job as the API shows it (plain JSON-ready dict; JobOut documents it)."""
+def job_out(job: Job, prefix: str, *, history: bool = True) -> dict[str, Any]:
+    """The job as the API shows it (plain JSON-ready dict; JobOut documents it).
+
+    Lists leave out ``progress.history`` (every epoch of every run): it is most
+    of a page's bytes, and GET /jobs/{id} has it.
+    """
+    progress = job.progress or {}
+    if not history and "history" in progress:
+        progress = {k: v for k, v in progress.items() if k != "history"}
     def iso(value: datetime | None) -> str | None:
         return value.isoformat() if value is not None else None
 
     return {
         "id": job.id, "kind": job.kind, "name": job.name, "tags": list(job.tags or []), "spec": job.spec,
-        "state": job.state, "progress": job.progress or {}, "attempts": job.attempts,
+        "state": job.state, "progress": progress, "attempts": job.attempts,
         "max_attempts": job.max_attempts, "cancel_requested": job.cancel_requested, "queue": job.queue,
         "worker": job.worker, "heartbeat_at": iso(job.heartbeat_at), "created_at": iso(job.created_at),
         "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),

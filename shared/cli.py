@@ -102,10 +102,13 @@ def _require_current_schema() -> None:
     from shared.db import make_engine
     from shared.migrate import SchemaOutOfDate, check_schema
 
+    engine = make_engine(load_settings().database_url)
     try:
-        check_schema(make_engine(load_settings().database_url))
+        check_schema(engine)
     except SchemaOutOfDate as exc:
         raise UsageError(str(exc)) from None
+    finally:
+        engine.dispose()  # no connection may outlive this check into a forked server
 
 
 def cmd_api(args: argparse.Namespace) -> int:
