@@ -66,6 +66,22 @@ def redis_database() -> Iterator[str]:
     raise RuntimeError("no empty Redis database (1-15) for this test run")
 
 
+def stop_process_groups(procs, grace_s: float = 15) -> None:
+    """SIGTERM each process group, wait, then SIGKILL the ones still alive."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+
 class Stack:
     """Environment plus role processes for one stack; ``close`` stops them all."""
 
@@ -139,16 +155,7 @@ class Stack:
         proc.wait(timeout=30)
 
     def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+        stop_process_groups(self.procs.values())
 
     # -- HTTP ---------------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ import requests
 
 yaml = pytest.importorskip("yaml")
 
-from tests.stack import free_port, postgres_database, redis_database  # noqa: E402
+from tests.stack import free_port, postgres_database, redis_database, stop_process_groups  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -330,17 +330,7 @@ class Processes:
         raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{self.all_logs()}")
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_process_groups(self.procs.values(), grace_s=20)
 
 
 @contextlib.contextmanager

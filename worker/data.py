@@ -10,7 +10,6 @@ the caller allows it.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import struct
 import zlib
@@ -18,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from worker.files import sha256_of
 
 IDX_UBYTE = 0x08
 IMAGES_MAGIC = 0x00000803  # 2051: unsigned bytes, 3 dimensions
@@ -105,14 +106,6 @@ def read_idx(path: str | os.PathLike, expected_magic: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header_len).reshape(shape).copy()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def candidate_dirs(dataset: str, data_dir: Path) -> list[Path]:
     """Folders searched for a dataset's files, in order.
 
@@ -184,5 +177,5 @@ def load_split(
         split=split,
         images=images,
         labels=labels.astype(np.int64),
-        files={str(p): _sha256(p) for p in (images_path, labels_path)},
+        files={str(p): sha256_of(p) for p in (images_path, labels_path)},
     )

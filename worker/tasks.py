@@ -9,7 +9,6 @@ runs the reaper.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -26,6 +25,7 @@ from shared.migrate import check_schema
 from shared.queue import make_celery, publish
 from shared.settings import load_settings
 from shared.specs import EmbedSpec, JobKind, SampleSpec, TrainSpec
+from worker.files import sha256_of
 
 log = logging.getLogger("latentforge.worker")
 
@@ -61,14 +61,6 @@ def artifact_kind(relative: Path) -> str:
             "decoder.safetensors": "decoder", "latent_codes.safetensors": "codes"}.get(name, "file")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def collect_artifacts(folder: Path) -> list[ArtifactRecord]:
     """Every finished file of a job's folder, confined to the artifact root."""
     root = settings.artifact_dir.resolve()
@@ -86,7 +78,7 @@ def collect_artifacts(folder: Path) -> list[ArtifactRecord]:
         records.append(ArtifactRecord(
             name=relative.as_posix(), kind=artifact_kind(relative),
             content_type=CONTENT_TYPES.get(path.suffix, "application/octet-stream"),
-            size=path.stat().st_size, sha256=_sha256(path), path=resolved.relative_to(root).as_posix(),
+            size=path.stat().st_size, sha256=sha256_of(path), path=resolved.relative_to(root).as_posix(),
         ))
     return records
 
