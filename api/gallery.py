@@ -131,16 +131,23 @@ def render_runs(errors: list[dict[str, str]] | None = None, form: dict[str, Any]
         query = query.where(Job.kind == kind)
     if state:
         query = query.where(Job.state == state)
+    parent = request.args.get("parent") or None
+    if parent:
+        query = query.where(Job.parent_id == parse_uuid(parent))
     if cursor := request.args.get("cursor"):
         created, job_id = decode_cursor(cursor)
         query = query.where(before_cursor(created, job_id))
     jobs = list(db().scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(LIST_DEFAULT + 1)))
     next_cursor = encode_cursor(jobs[LIST_DEFAULT - 1]) if len(jobs) > LIST_DEFAULT else None
     rows = [job_out(j, API_PREFIX, history=False) for j in jobs[:LIST_DEFAULT]]
+    children = dict(db().execute(
+        select(Job.parent_id, func.count()).where(Job.parent_id.in_([r["id"] for r in rows])).group_by(Job.parent_id)
+    ).all()) if rows else {}
     counts = dict(db().execute(select(Job.state, func.count()).group_by(Job.state)).all())
     defaults = {**SEED_PRESET, "device": "auto", "preset": "seed", "hidden": "128,64"}
     html = render_template(
-        "runs.html", rows=rows, thumbnail=thumbnail, next_cursor=next_cursor, kind=kind, state=state,
+        "runs.html", rows=rows, thumbnail=thumbnail, next_cursor=next_cursor, kind=kind, state=state, parent=parent,
+        children=children,
         counts=counts, total=sum(counts.values()), kinds=[k.value for k in JobKind], states=[s.value for s in JobState],
         defaults=defaults, form=form or {}, errors=errors or [], models=train_choices(),
     )

@@ -175,6 +175,14 @@ def test_seed_run_from_the_form_then_compare_and_explore(stack, page):
     assert min(load_all_images(page, ".figure img")) > 0
     shot(page, "sample")
 
+    # 5. The runs page links the model to its child, and lists only children when asked.
+    page.goto(stack.url + "/")
+    link = page.locator(f"tr[data-job-id='{job_id}'] a.children")
+    assert link.inner_text() == "1 child"
+    with page.expect_navigation():
+        link.click()
+    assert page.locator("#runs tbody tr[data-job-id]").evaluate_all("rows => rows.map(r => r.dataset.jobId)") == [sample_id]
+
 
 def test_names_render_as_text_never_as_markup(stack, page):
     hostile = '<script>alert("x")</script><img src=x onerror=alert(1)>'

@@ -75,7 +75,21 @@ function wireCompare() {
   });
 }
 
+function rememberToken() {
+  // Type the API token once per tab: every form's token field is filled from it.
+  const fields = document.querySelectorAll('input[name="api_token"]');
+  const saved = sessionStorage.getItem("latentforge-token");
+  fields.forEach((field) => {
+    if (saved && !field.value) field.value = saved;
+    field.addEventListener("change", () => {
+      sessionStorage.setItem("latentforge-token", field.value);
+      fields.forEach((other) => { if (!other.value) other.value = field.value; });
+    });
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  rememberToken();
   document.querySelectorAll("table.runs tr[data-job-id]").forEach((row) => {
     if (row.dataset.state === "queued" || row.dataset.state === "running") {
       follow(row, (data) => { if (data.state === "succeeded") showThumbnail(row, row.dataset.jobId); });
