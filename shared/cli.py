@@ -125,7 +125,9 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     queues = ",".join(q.strip() for q in args.queues.split(",") if q.strip())
-    unknown = set(queues.split(",")) - {"gpu", "cpu"}
+    from shared.queue import QUEUES
+
+    unknown = set(queues.split(",")) - set(QUEUES)
     if not queues or unknown:
         raise UsageError(f"--queues: choose from gpu, cpu (got {args.queues!r})")
     _require_current_schema()

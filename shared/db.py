@@ -112,10 +112,6 @@ class Job(Base):
         Index("ix_jobs_parent", "parent_id"),
     )
 
-    @property
-    def job_state(self) -> JobState:
-        return JobState(self.state)
-
 
 class Artifact(Base):
     __tablename__ = "artifacts"

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import uuid
 from enum import Enum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
-MODELS = ("ae",)
-DATASETS = ("mnist", "fashion_mnist")
 DEVICES = ("auto", "cpu", "cuda")
 PRESETS = ("seed",)
-SPLITS = ("train", "test")
 MAX_SAMPLE_POINTS = 1024
 
 # The seed notebook (SPEC §1): these are also every train field's default.
@@ -64,7 +61,6 @@ def _finite_number(**kw: Any) -> Any:
 
 class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-    kind: ClassVar[JobKind]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "Spec":
@@ -81,8 +77,6 @@ class Spec(BaseModel):
 
 class TrainSpec(Spec):
     """What a train job runs. Defaults are the seed notebook's values."""
-
-    kind: ClassVar[JobKind] = JobKind.TRAIN
 
     model: Literal["ae"] = "ae"
     dataset: Literal["mnist", "fashion_mnist"] = "mnist"
@@ -125,8 +119,6 @@ class ParentSpec(Spec):
 class EmbedSpec(ParentSpec):
     """Codes of one split under a trained model."""
 
-    kind: ClassVar[JobKind] = JobKind.EMBED
-
     split: Literal["train", "test"] = "test"
     limit: Annotated[StrictInt, Field(ge=1, le=100_000)] | None = Field(
         default=5000, description="first N images of the split; null for all"
@@ -135,8 +127,6 @@ class EmbedSpec(ParentSpec):
 
 class SampleSpec(ParentSpec):
     """Decode given latent points, or ``n`` draws from the model's prior."""
-
-    kind: ClassVar[JobKind] = JobKind.SAMPLE
 
     latent_coords: (
         Annotated[
