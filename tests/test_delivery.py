@@ -83,3 +83,35 @@ def test_sigkill_mid_training_resumes_on_the_other_worker(stack):
     # those of an uninterrupted run, to the last bit.
     clean = stack.wait_job(stack.submit("train", spec)["id"], timeout=180)
     assert [r["train_loss"] for r in clean["progress"]["history"]] == [r["train_loss"] for r in rows]
+
+
+def test_a_message_that_arrives_while_the_database_is_away_is_not_lost(stack):
+    import os
+    import signal
+
+    import psycopg
+
+    from tests.stack import PG_ADMIN_URL
+
+    database = stack.env["LATENTFORGE_DATABASE_URL"].rsplit("/", 1)[1]
+    worker = stack.procs["worker1"] if stack.procs["worker1"].poll() is None else stack.procs["worker2"]
+    others = [p for p in stack.procs.values() if p is not worker and p.poll() is None and p is not stack.procs["api"]]
+    for proc in others:  # one worker only, so we know who receives the message
+        os.killpg(proc.pid, signal.SIGSTOP)
+    os.killpg(worker.pid, signal.SIGSTOP)
+    try:
+        job = stack.submit("train", {"epochs": 1, "device": "cpu"})
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+            conn.execute(f'ALTER DATABASE "{database}" RENAME TO "{database}_away"')
+        os.killpg(worker.pid, signal.SIGCONT)
+        name = next(n for n, p in stack.procs.items() if p is worker)
+        stack.wait_until(lambda: f"job {job['id']}: cannot claim" in stack.log(name), 60, "a failed claim")
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (f"{database}_away",))
+            conn.execute(f'ALTER DATABASE "{database}_away" RENAME TO "{database}"')
+        for proc in [worker, *others]:
+            os.killpg(proc.pid, signal.SIGCONT)
+    done = stack.wait_job(job["id"], timeout=120)
+    assert done["state"] == "succeeded" and done["attempts"] == 1

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from celery import signals
+from celery.exceptions import Reject
+from sqlalchemy.exc import DBAPIError
 
 from shared.db import JobState, make_engine, make_sessionmaker
 from shared.jobstore import ArtifactRecord, Claim, JobStore
@@ -152,8 +154,10 @@ class Monitor:
 monitor = Monitor(os.environ.get("LATENTFORGE_WORKER_QUEUES", "gpu,cpu"))
 
 
-def run_claimed(claim: Claim, folder: Path, should_stop: Callable[[], bool], log_line: Callable[[str], None]) -> dict[str, Any]:
-    """Run one job's work; returns its summary. Raises on failure."""
+def run_claimed(
+    claim: Claim, folder: Path, should_stop: Callable[[], bool], log_line: Callable[[str], None]
+) -> dict[str, Any] | None:
+    """Run one job's work; returns the summary to record as its progress. Raises on failure."""
     from worker.pipeline import run_training
     from worker.runners import run_embed, run_sample
 
@@ -169,12 +173,11 @@ def run_claimed(claim: Claim, folder: Path, should_stop: Callable[[], bool], log
             if not store.record_progress(claim, progress):
                 monitor.lost.set()
 
-        result = run_training(
+        run_training(
             spec, folder, data_dir=settings.data_dir, download=settings.allow_download, log=log_line, on_epoch=on_epoch,
             should_stop=should_stop, resume_dir=folder / RESUME_DIR,
         )
-        last = result.history[-1]
-        return {"epoch": last.epoch, "total": spec.epochs, "train_loss": last.train_loss, "test_loss": last.test_loss}
+        return None  # its progress was recorded epoch by epoch
     parent_dir = job_dir(claim.parent_id or "")
     if kind is JobKind.EMBED:
         output = run_embed(EmbedSpec.from_dict(claim.spec), parent_dir, folder, settings.data_dir, log=log_line)
@@ -187,7 +190,14 @@ def execute_job(job_id: str) -> JobState | None:
     """Claim and run one job, wrapped so that every outcome ends in the job row."""
     from worker.train import TrainingCancelled
 
-    claim = store.claim(job_id, WORKER_NAME)
+    try:
+        claim = store.claim(job_id, WORKER_NAME)
+    except DBAPIError as exc:
+        # The database is away: hand the message back rather than acknowledge
+        # (and so lose) it; the broker delivers it again.
+        log.warning("job %s: cannot claim (%s); message returned to the queue", job_id, exc.__class__.__name__)
+        time.sleep(settings.heartbeat_seconds)
+        raise Reject(str(exc), requeue=True) from None
     if claim is None:
         log.info("job %s: not claimable (already taken, finished or cancelled); message dropped", job_id)
         return None
@@ -196,7 +206,7 @@ def execute_job(job_id: str) -> JobState | None:
     monitor.begin(claim)
     try:
         summary = run_claimed(claim, folder, monitor.should_stop, lambda line: log.info("job %s: %s", job_id, line))
-        if claim.kind != JobKind.TRAIN.value:
+        if summary is not None:
             store.record_progress(claim, summary)
         state, error = JobState.SUCCEEDED, None
         artifacts = collect_artifacts(folder)
