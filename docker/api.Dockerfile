@@ -1,6 +1,8 @@
 # The API (gunicorn) and the one-shot migration (`latentforge db upgrade`).
 # No torch here: api/ never imports it, and the [api] extra does not pull it.
-FROM python:3.11-slim
+# Python 3.12: under gunicorn, CPython 3.11 (3.11.2 and 3.11.7 seen) segfaulted in a full
+# garbage collection on a page that loads many ORM rows twice; 3.12.1 did not (see README).
+FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

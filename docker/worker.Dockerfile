@@ -1,6 +1,6 @@
 # GPU worker: `latentforge worker --queues gpu,cpu`.
 #
-# Why python:3.11-slim + `pip install .[worker]` rather than a pytorch/pytorch
+# Why python:3.12-slim + `pip install .[worker]` rather than a pytorch/pytorch
 # CUDA image: the torch wheels on PyPI for Linux x86_64 are CUDA builds that
 # carry their CUDA runtime, cuDNN and NCCL as nvidia-* wheels, so the container
 # needs only the host's NVIDIA driver (through the NVIDIA Container Toolkit).
@@ -10,7 +10,7 @@
 # The host driver must support the wheel's CUDA version; for an older driver
 # build against a PyTorch index, e.g.
 #   docker compose build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 worker
-FROM python:3.11-slim
+FROM python:3.12-slim
 
 ARG TORCH_INDEX_URL=
 ENV PYTHONDONTWRITEBYTECODE=1 \
