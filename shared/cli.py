@@ -194,8 +194,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         subprocess.Popen(base + ["worker", "--queues", "gpu,cpu"]),
     ]
     url = f"http://{args.host}:{args.port}"
+    stopping = []
 
     def stop(*_: Any) -> None:
+        stopping.append(True)
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -211,7 +213,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"LatentForge is up: gallery {url}/  API {url}/api/v1  (Ctrl-C stops it)", flush=True)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
-        return 1
+        return 0 if stopping else 1  # a role that dies on its own is an error
     except KeyboardInterrupt:
         return 0
     finally:
