@@ -32,7 +32,7 @@ from api.jobs import (
 )
 from api.schemas import job_out
 from shared.db import Job, JobState
-from shared.specs import SEED_PRESET, JobKind, TrainSpec
+from shared.specs import SEED_PRESET, JobKind
 
 bp = Blueprint("gallery", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
 

@@ -141,7 +141,7 @@ class Stack:
 
     def start_worker(self, name: str = "worker", queues: str = "gpu,cpu") -> subprocess.Popen:
         proc = self.spawn(name, ["worker", "--queues", queues])
-        self.wait_until(lambda: f"ready (queues" in self.log(name) or proc.poll() is not None, 90, f"{name} to start")
+        self.wait_until(lambda: "ready (queues" in self.log(name) or proc.poll() is not None, 90, f"{name} to start")
         assert proc.poll() is None, self.log(name)
         return proc
 

@@ -40,7 +40,7 @@ def test_sample_checks_point_width_and_draws_from_the_mixture(model_3d, mnist_di
         run_sample(SampleSpec.from_dict({"model_job": JOB, "latent_coords": [[0, 0]]}), model_3d, tmp_path, mnist_dir)
     first = run_sample(SampleSpec.from_dict({"model_job": JOB, "n": 5, "seed": 1}), model_3d, tmp_path / "a", mnist_dir,
                        log=lambda _: None)
-    again = run_sample(SampleSpec.from_dict({"model_job": JOB, "n": 5, "seed": 1}), model_3d, tmp_path / "b", mnist_dir,
+    run_sample(SampleSpec.from_dict({"model_job": JOB, "n": 5, "seed": 1}), model_3d, tmp_path / "b", mnist_dir,
                        log=lambda _: None)
     assert first.summary == {"count": 5, "source": "gmm"}
     coords_a, coords_b = np.load(tmp_path / "a" / "coords.npy"), np.load(tmp_path / "b" / "coords.npy")
