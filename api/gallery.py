@@ -21,15 +21,7 @@ from sqlalchemy.orm import selectinload
 from api import API_PREFIX, db, services
 from api.auth import token_matches
 from api.errors import Problem
-from api.jobs import (
-    LIST_DEFAULT,
-    before_cursor,
-    decode_cursor,
-    encode_cursor,
-    get_job_or_404,
-    parse_uuid,
-    submit_job,
-)
+from api.jobs import get_job_or_404, page_of_jobs, parse_uuid, submit_job
 from api.schemas import job_out
 from shared.db import Job, JobState
 from shared.specs import SEED_PRESET, JobKind
@@ -123,23 +115,9 @@ def is_2d_model(job: dict[str, Any]) -> bool:
 
 
 def render_runs(errors: list[dict[str, str]] | None = None, form: dict[str, Any] | None = None, status: int = 200):
-    kind, state = request.args.get("kind") or None, request.args.get("state") or None
-    if kind not in (None, *[k.value for k in JobKind]) or state not in (None, *[s.value for s in JobState]):
-        raise Problem(400, "Bad Request", "unknown kind or state filter", slug="bad-filter")
-    query = select(Job).options(selectinload(Job.artifacts))
-    if kind:
-        query = query.where(Job.kind == kind)
-    if state:
-        query = query.where(Job.state == state)
-    parent = request.args.get("parent") or None
-    if parent:
-        query = query.where(Job.parent_id == parse_uuid(parent))
-    if cursor := request.args.get("cursor"):
-        created, job_id = decode_cursor(cursor)
-        query = query.where(before_cursor(created, job_id))
-    jobs = list(db().scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(LIST_DEFAULT + 1)))
-    next_cursor = encode_cursor(jobs[LIST_DEFAULT - 1]) if len(jobs) > LIST_DEFAULT else None
-    rows = [job_out(j, API_PREFIX, history=False) for j in jobs[:LIST_DEFAULT]]
+    jobs, next_cursor = page_of_jobs()
+    kind, state, parent = (request.args.get(name) or None for name in ("kind", "state", "parent"))
+    rows = [job_out(j, API_PREFIX, history=False) for j in jobs]
     children = dict(db().execute(
         select(Job.parent_id, func.count()).where(Job.parent_id.in_([r["id"] for r in rows])).group_by(Job.parent_id)
     ).all()) if rows else {}

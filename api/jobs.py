@@ -154,23 +154,24 @@ def before_cursor(created: datetime, job_id: str):
     return tuple_(Job.created_at, Job.id) < tuple_(created, job_id)
 
 
-def _choice(name: str, allowed: list[str]) -> str | None:
-    value = request.args.get(name)
+def _query_choice(name: str, allowed: list[str]) -> str | None:
+    value = request.args.get(name) or None  # an empty value (a form's "any") means no filter
     if value is not None and value not in allowed:
         raise validation_problem([(name, f"must be one of {', '.join(allowed)}, got {value!r}")], status=400)
     return value
 
 
-@bp.get("/jobs")
-def list_jobs() -> Any:
-    kind = _choice("kind", [k.value for k in JobKind])
-    state = _choice("state", [s.value for s in JobState])
+def page_of_jobs() -> tuple[list[Job], str | None]:
+    """Newest-first jobs for the request's kind, state, parent, limit and cursor; and the next cursor.
+
+    Bad parameters get a 400 naming the parameter. Shared by GET /jobs and the runs page.
+    """
     query = select(Job).options(selectinload(Job.artifacts))
-    if kind:
+    if kind := _query_choice("kind", [k.value for k in JobKind]):
         query = query.where(Job.kind == kind)
-    if state:
+    if state := _query_choice("state", [s.value for s in JobState]):
         query = query.where(Job.state == state)
-    if (parent := request.args.get("parent")) is not None:
+    if parent := request.args.get("parent"):
         try:
             query = query.where(Job.parent_id == str(uuid.UUID(parent)))
         except ValueError:
@@ -180,11 +181,15 @@ def list_jobs() -> Any:
         raise validation_problem([("limit", f"must be a whole number from 1 to {LIST_MAX}, got {raw_limit!r}")], status=400)
     limit = int(raw_limit)
     if cursor := request.args.get("cursor"):
-        created, job_id = decode_cursor(cursor)
-        query = query.where(before_cursor(created, job_id))
+        query = query.where(before_cursor(*decode_cursor(cursor)))
     jobs = list(db().scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
-    next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
-    return jsonify({"items": [job_out(j, API_PREFIX, history=False) for j in jobs[:limit]], "next_cursor": next_cursor})
+    return jobs[:limit], (encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None)
+
+
+@bp.get("/jobs")
+def list_jobs() -> Any:
+    jobs, next_cursor = page_of_jobs()
+    return jsonify({"items": [job_out(j, API_PREFIX, history=False) for j in jobs], "next_cursor": next_cursor})
 
 
 @bp.get("/jobs/<job_id>")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -104,3 +105,16 @@ def build_model(config: ModelConfig) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def encode_all(model: nn.Module, x: torch.Tensor, chunk: int = 4096) -> np.ndarray:
+    """Codes of every row of ``x``, in chunks, as a NumPy array."""
+    return torch.cat([model.encode(part) for part in x.split(chunk)]).cpu().numpy()
+
+
+@torch.no_grad()
+def decode_points(model: nn.Module, points: np.ndarray | list, device: torch.device | str = "cpu") -> np.ndarray:
+    """Decoder outputs (flat, unclipped) of latent points, as a NumPy array."""
+    z = torch.as_tensor(np.asarray(points, dtype=np.float32), device=device)
+    return model.decode(z).cpu().numpy()

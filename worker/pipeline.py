@@ -33,7 +33,7 @@ from worker.checkpoint import (
 )
 from worker.data import ImageSplit, load_split
 from worker.files import write_jsonl
-from worker.models import ModelConfig
+from worker.models import ModelConfig, decode_points, encode_all
 from worker.train import (
     EpochMetrics,
     TrainState,
@@ -61,15 +61,6 @@ def _split_record(split: ImageSplit) -> dict:
     return {"count": len(split), "files": {Path(p).name: sha for p, sha in split.files.items()}}
 
 
-@torch.no_grad()
-def _encode(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    return torch.cat([model.encode(chunk) for chunk in x.split(4096)]).cpu().numpy()
-
-
-@torch.no_grad()
-def _decode(model: nn.Module, codes: np.ndarray | list, device: torch.device) -> np.ndarray:
-    z = torch.as_tensor(np.asarray(codes, dtype=np.float32), device=device)
-    return model.decode(z).cpu().numpy()
 
 
 def seed_coordinates(latent_dim: int) -> np.ndarray:
@@ -108,25 +99,25 @@ def draw_train_figures(
     out.append(figures.reconstructions(originals.cpu().numpy(), recon, shape, folder / "reconstructions.png"))
 
     coords = seed_coordinates(latent_dim)
-    out.append(figures.decoded_grid(_decode(model, coords, device), coords.tolist(), shape, folder / "generated.png"))
+    out.append(figures.decoded_grid(decode_points(model, coords, device), coords.tolist(), shape, folder / "generated.png"))
 
     out.append(figures.loss_curve(history, folder / "loss_curve.png"))
 
     if latent_dim == 2:
         xs, ys = figures.manifold_axes(train_codes, MANIFOLD_STEPS)
         grid = np.array([[x, y] for y in ys for x in xs], dtype=np.float32)
-        out.append(figures.latent_manifold(_decode(model, grid, device), xs, ys, shape, folder / "latent_manifold.png"))
+        out.append(figures.latent_manifold(decode_points(model, grid, device), xs, ys, shape, folder / "latent_manifold.png"))
 
     # The first test digit and the first one of another class.
     first = 0
     second = int(np.argmax(test.labels != test.labels[first]))
     ends = test_x[[first, second]]
-    end_codes = _encode(model, ends)
+    end_codes = encode_all(model, ends)
     alphas = np.linspace(0.0, 1.0, INTERPOLATION_STEPS)
     path_codes = (1 - alphas)[:, None] * end_codes[0] + alphas[:, None] * end_codes[1]
     out.append(
         figures.interpolation_strip(
-            _decode(model, path_codes, device), ends.cpu().numpy(), alphas, shape,
+            decode_points(model, path_codes, device), ends.cpu().numpy(), alphas, shape,
             folder / "interpolation.png", (int(test.labels[first]), int(test.labels[second])),
         )
     )
@@ -198,7 +189,7 @@ def run_training(
         },
     }
     state.model.eval()
-    train_codes = _encode(state.model, train_x)
+    train_codes = encode_all(state.model, train_x)
     figure_paths = draw_train_figures(
         state.model, train_split, test_split, train_codes, test_x, history, folder / FIGURES_DIR
     )

@@ -18,6 +18,7 @@ from worker import figures
 from worker.checkpoint import load_model
 from worker.data import load_split
 from worker.files import atomic_path
+from worker.models import decode_points, encode_all
 from worker.train import images_to_tensor
 
 GMM_COMPONENTS = 10
@@ -41,16 +42,6 @@ def save_npy(path: Path, array: np.ndarray) -> Path:
     return path
 
 
-@torch.no_grad()
-def encode_split(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
-    return torch.cat([model.encode(chunk) for chunk in x.split(4096)]).numpy()
-
-
-@torch.no_grad()
-def decode_points(model: torch.nn.Module, points: np.ndarray) -> np.ndarray:
-    return model.decode(torch.as_tensor(points, dtype=torch.float32)).numpy()
-
-
 def run_embed(
     spec: EmbedSpec, model_dir: str | os.PathLike, out_dir: str | os.PathLike,
     data_dir: str | os.PathLike | None = None, log: Callable[[str], None] = print,
@@ -63,7 +54,7 @@ def run_embed(
     x = images_to_tensor(split, torch.device("cpu"))[:count]
     labels = split.labels[:count]
     log(f"embedding {count:,} {dataset} {spec.split} images")
-    codes = encode_split(model, x)
+    codes = encode_all(model, x)
     files = [save_npy(out / "codes.npy", codes.astype(np.float32)), save_npy(out / "labels.npy", labels.astype(np.int64))]
     title = f"Codes of {count:,} {dataset} {spec.split} images"
     latent_dim = codes.shape[1]
@@ -103,7 +94,7 @@ def run_sample(
         dataset = config["train"]["dataset"]
         train = load_split(dataset, "train", data_dir)
         x = images_to_tensor(train, torch.device("cpu"))[:GMM_FIT_LIMIT]
-        mixture = fit_code_mixture(encode_split(model, x), spec.seed)
+        mixture = fit_code_mixture(encode_all(model, x), spec.seed)
         points = mixture.sample(spec.n)[0].astype(np.float32)
         title = f"{spec.n} samples from a {GMM_COMPONENTS}-component Gaussian mixture fitted to the training codes"
         source = "gmm"
