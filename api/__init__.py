@@ -9,6 +9,7 @@ from flask import Flask, g
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.streams import JobWatcher
 from shared.db import make_engine, make_sessionmaker
 from shared.jobstore import JobStore
 from shared.migrate import check_schema
@@ -26,6 +27,7 @@ class Services:
     sessions: sessionmaker
     celery: Celery
     store: JobStore
+    watcher: JobWatcher
 
 
 def create_app(settings: Settings | None = None, *, check_database: bool = True) -> Flask:
@@ -38,11 +40,13 @@ def create_app(settings: Settings | None = None, *, check_database: bool = True)
     services = Services(
         settings=settings, engine=engine, sessions=sessions, celery=celery_app,
         store=JobStore(sessions, lambda job_id, queue: publish(celery_app, job_id, queue), settings.max_attempts),
+        watcher=JobWatcher(sessions, settings.max_streams),
     )
 
     app = Flask(__name__)
     app.config.update(LATENTFORGE=services, MAX_CONTENT_LENGTH=MAX_BODY_BYTES, JSON_SORT_KEYS=False)
 
+    from api.auth import authenticate_request, configure_sessions
     from api.errors import register_error_handlers
     from api.gallery import bp as gallery_bp
     from api.health import bp as health_bp
@@ -50,6 +54,8 @@ def create_app(settings: Settings | None = None, *, check_database: bool = True)
     from api.openapi import bp as openapi_bp
 
     register_error_handlers(app)
+    configure_sessions(app, settings.api_token)
+    app.before_request(authenticate_request)
     app.register_blueprint(jobs_bp, url_prefix=API_PREFIX)
     app.register_blueprint(health_bp, url_prefix=API_PREFIX)
     app.register_blueprint(openapi_bp, url_prefix=API_PREFIX)

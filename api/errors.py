@@ -6,11 +6,15 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, json, request
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
+
+from shared.db import is_transient_db_error
 
 log = logging.getLogger("latentforge.api")
 
 PROBLEM_TYPE = "https://latentforge.dev/problems/"
+RETRY_AFTER_S = 5
 
 
 class Problem(Exception):
@@ -79,6 +83,16 @@ def register_error_handlers(app: Flask) -> None:
         if exc.code == 405 and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
+
+    @app.errorhandler(SQLAlchemyError)
+    def _database(exc: SQLAlchemyError) -> Response:
+        # No SQL text or server detail reaches the client: the log has them.
+        if is_transient_db_error(exc):
+            log.warning("database unavailable on %s %s: %s", request.method, request.path, type(exc).__name__)
+            return problem_response(503, "Service Unavailable", "the database is unavailable; retry shortly",
+                                    slug="database-unavailable", headers={"Retry-After": str(RETRY_AFTER_S)})
+        log.exception("database error on %s %s", request.method, request.path)
+        return problem_response(500, "Internal Server Error", "the server failed to answer this request; it has been logged")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -1,8 +1,9 @@
 """The web gallery: server-rendered pages with small plain JavaScript, no build step.
 
 Forms post to these routes (not to the JSON API) with a CSRF token (a
-double-submit cookie, SameSite=Strict) and, when the server has one, the API
-token in a form field. Every page is served under a Content-Security-Policy
+double-submit cookie, SameSite=Strict). When the server has an API token,
+the gallery asks for it once on the sign-in page and keeps a signed session
+cookie (api/auth.py). Every page is served under a Content-Security-Policy
 that allows only this origin's scripts and styles; the pages use no inline
 script or style.
 """
@@ -14,12 +15,12 @@ import json
 import secrets
 from typing import Any
 
-from flask import Blueprint, Response, abort, g, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, g, redirect, render_template, request, session, url_for
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
 from api import API_PREFIX, db, services
-from api.auth import token_matches
+from api.auth import can_write, safe_next, sign_in, signed_in
 from api.errors import Problem
 from api.jobs import get_job_or_404, page_of_jobs, parse_uuid, submit_job
 from api.schemas import job_out
@@ -49,7 +50,9 @@ def csrf_token() -> str:
 
 @bp.app_context_processor
 def _template_globals() -> dict[str, Any]:
-    return {"csrf_token": csrf_token, "needs_token": bool(services().settings.api_token), "api_prefix": API_PREFIX}
+    needs_token = bool(services().settings.api_token)
+    return {"csrf_token": csrf_token, "needs_token": needs_token, "signed_in": needs_token and signed_in(),
+            "can_write": can_write, "api_prefix": API_PREFIX}
 
 
 @bp.after_app_request
@@ -63,15 +66,44 @@ def _security_headers(response: Response) -> Response:
     return response
 
 
-def check_form() -> None:
-    """CSRF double-submit check, then the API token when the server has one."""
+def check_csrf() -> None:
     cookie, field = request.cookies.get(CSRF_COOKIE, ""), request.form.get("csrf_token", "")
     if not cookie or not hmac.compare_digest(cookie, field):
         raise Problem(403, "Forbidden", "the form's CSRF token is missing or does not match; reload the page and retry",
                       slug="csrf")
-    expected = services().settings.api_token
-    if expected and not token_matches(request.form.get("api_token", ""), expected):
-        raise Problem(401, "Unauthorized", "this server needs its API token in the form's token field", slug="unauthorized")
+
+
+def check_form() -> None:
+    """CSRF double-submit check, then sign-in when the server has a token."""
+    check_csrf()
+    if not can_write():
+        raise Problem(401, "Unauthorized", "sign in first: this server needs its API token", slug="unauthorized")
+
+
+# -- signing in ------------------------------------------------------------------------------
+
+
+@bp.get("/signin")
+def signin() -> Any:
+    return render_template("signin.html", next=safe_next(request.args.get("next")), failed=False)
+
+
+@bp.post("/signin")
+def signin_post() -> Any:
+    check_csrf()
+    target = safe_next(request.form.get("next"))
+    if not services().settings.api_token:
+        return redirect(target, code=303)
+    if not sign_in(request.form.get("token", "")):
+        return render_template("signin.html", next=target, failed=True), 401
+    return redirect(target, code=303)
+
+
+@bp.post("/signout")
+def signout() -> Any:
+    check_csrf()
+    session.clear()
+    return redirect(url_for("gallery.signin"), code=303)
 
 
 # -- helpers for the templates ------------------------------------------------------------

@@ -1,13 +1,16 @@
-"""gunicorn settings for production (docker-compose): threads for SSE, and the token rule."""
+"""gunicorn settings for production (docker-compose): gevent for SSE (api/server.py), and the token rule."""
 
 import os
 
-from api.server import check_bind, host_of
+from api.server import check_bind, host_of, worker_options
 
 bind = os.environ.get("LATENTFORGE_BIND", "0.0.0.0:8000")
-worker_class = "gthread"
 workers = int(os.environ.get("LATENTFORGE_API_WORKERS", "2"))
-threads = int(os.environ.get("LATENTFORGE_API_THREADS", "8"))
+_options = worker_options(os.environ.get("LATENTFORGE_API_WORKER_CLASS", "gevent"),
+                          int(os.environ.get("LATENTFORGE_API_THREADS", "8")))
+worker_class = _options["worker_class"]
+worker_connections = _options.get("worker_connections", 1000)
+threads = _options.get("threads", 1)
 timeout = 60
 graceful_timeout = 10
 accesslog = "-"

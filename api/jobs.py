@@ -6,31 +6,36 @@ import base64
 import binascii
 import hashlib
 import json
-import time
+import logging
+import os
+import re
+import threading
 import uuid
+from collections import OrderedDict
+from pathlib import Path
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, send_file, stream_with_context
+from flask import Blueprint, Response, jsonify, request, send_file
 from pydantic import ValidationError
 from sqlalchemy import select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
 from api import API_PREFIX, db, services
-from api.auth import write_access
 from api.errors import Problem, validation_problem
 from api.schemas import JobCreate, job_out
+from api.streams import MAX_JOBS_PER_STREAM, TooManyStreams, stream_events
 from shared.db import Artifact, Job, JobState
 from shared.jobstore import JobConflict
 from shared.queue import queue_for
 from shared.specs import JobKind, SpecError, parse_spec
 
 bp = Blueprint("jobs", __name__)
+log = logging.getLogger("latentforge.api")
 
 LIST_DEFAULT, LIST_MAX = 50, 200
-SSE_POLL_S = 0.5
-SSE_KEEPALIVE_S = 15.0
+ASCII_NUMBER = re.compile(r"[0-9]{1,9}")  # str.isdigit() also accepts '²' and other digits int() refuses
 
 
 def parse_uuid(value: str, what: str = "job") -> str:
@@ -89,10 +94,13 @@ def find_replay(key: str, fingerprint: str) -> Job | None:
     return existing
 
 
+IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,200}")
+
+
 def submit_job(body: Any, key: str | None = None) -> tuple[Job, bool]:
     """Validate and queue a job; returns (job, replayed). Raises Problem on bad input."""
-    if key is not None and not (1 <= len(key) <= 200):
-        raise validation_problem([("Idempotency-Key", "must be 1 to 200 characters")], status=400)
+    if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+        raise validation_problem([("Idempotency-Key", "must be 1 to 200 printable ASCII characters")], status=400)
     fingerprint = request_fingerprint(body)
     if key and (existing := find_replay(key, fingerprint)) is not None:
         return existing, True
@@ -124,7 +132,6 @@ def submit_job(body: Any, key: str | None = None) -> tuple[Job, bool]:
 
 
 @bp.post("/jobs")
-@write_access
 def create_job() -> Any:
     job, replayed = submit_job(read_json_body(), request.headers.get("Idempotency-Key"))
     response = jsonify(job_out(job, API_PREFIX))
@@ -177,7 +184,7 @@ def page_of_jobs() -> tuple[list[Job], str | None]:
         except ValueError:
             raise validation_problem([("parent", f"{parent!r} is not a job id (a UUID)")], status=400) from None
     raw_limit = request.args.get("limit", str(LIST_DEFAULT))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIST_MAX:
+    if not ASCII_NUMBER.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= LIST_MAX:
         raise validation_problem([("limit", f"must be a whole number from 1 to {LIST_MAX}, got {raw_limit!r}")], status=400)
     limit = int(raw_limit)
     if cursor := request.args.get("cursor"):
@@ -198,7 +205,6 @@ def show_job(job_id: str) -> Any:
 
 
 @bp.post("/jobs/<job_id>/cancel")
-@write_access
 def cancel_job(job_id: str) -> Any:
     job_id = parse_uuid(job_id)
     try:
@@ -214,38 +220,73 @@ def cancel_job(job_id: str) -> Any:
     return response
 
 
-def _event(name: str, data: dict[str, Any]) -> str:
-    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+def event_response(job_ids: list[str], history: bool = True) -> Response:
+    svc = services()
+    try:
+        events = stream_events(svc.watcher, svc.sessions, job_ids, svc.settings.stream_max_seconds, history)
+    except TooManyStreams as exc:
+        raise Problem(503, "Service Unavailable", f"{exc}; retry shortly", slug="too-many-streams",
+                      headers={"Retry-After": "10"}) from None
+    return Response(events, mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @bp.get("/jobs/<job_id>/events")
 def job_events(job_id: str) -> Response:
-    job_id = get_job_or_404(job_id).id
-    sessions = services().sessions
+    return event_response([get_job_or_404(job_id).id])
 
-    def stream() -> Iterator[str]:
-        last: tuple | None = None
-        last_sent = time.monotonic()
-        yield "retry: 2000\n\n"
-        while True:
-            with sessions() as session:
-                job = session.get(Job, job_id)
-                snapshot = (job.state, json.dumps(job.progress, sort_keys=True), job.attempts)
-                data = {"id": job.id, "state": job.state, "progress": job.progress or {}, "attempts": job.attempts,
-                        "error": {"type": job.error_type, "message": job.error_message} if job.error_type else None}
-            if snapshot != last:
-                yield _event("progress", data)
-                last, last_sent = snapshot, time.monotonic()
-            if JobState(data["state"]).finished:
-                yield _event("end", data)
-                return
-            if time.monotonic() - last_sent > SSE_KEEPALIVE_S:
-                yield ": keep-alive\n\n"
-                last_sent = time.monotonic()
-            time.sleep(SSE_POLL_S)
 
-    return Response(stream_with_context(stream()), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+@bp.get("/events")
+def many_job_events() -> Response:
+    """One stream for many jobs (a page's live rows): ?jobs=id,id,...[&history=1]"""
+    raw = [part for part in request.args.get("jobs", "").split(",") if part]
+    if not 1 <= len(raw) <= MAX_JOBS_PER_STREAM:
+        raise validation_problem([("jobs", f"give 1 to {MAX_JOBS_PER_STREAM} job ids, comma-separated")], status=400)
+    job_ids = []
+    for value in raw:
+        try:
+            job_ids.append(str(uuid.UUID(value)))
+        except ValueError:
+            raise validation_problem([("jobs", f"{value[:40]!r} is not a job id (a UUID)")], status=400) from None
+    history = request.args.get("history", "0")
+    if history not in ("0", "1"):
+        raise validation_problem([("history", f"must be 0 or 1, got {history[:20]!r}")], status=400)
+    return event_response(list(dict.fromkeys(job_ids)), history == "1")
+
+
+class VerifiedFiles:
+    """Files whose bytes were checked against their recorded sha256, keyed by what a rewrite would change.
+
+    A published file is never written again (each attempt writes its own
+    folder), so this is a last line of defence: a file whose bytes differ from
+    its record (a disk fault, a hand edit) is refused, never served under the
+    record's ETag and a year-long immutable cache.
+    """
+
+    def __init__(self, capacity: int = 4096):
+        self._known: OrderedDict[tuple, str] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def sha256(self, path: Path, stat: os.stat_result) -> str:
+        key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        with self._lock:
+            if key in self._known:
+                self._known.move_to_end(key)
+                return self._known[key]
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        value = digest.hexdigest()
+        with self._lock:
+            self._known[key] = value
+            while len(self._known) > self._capacity:
+                self._known.popitem(last=False)
+        return value
+
+
+verified_files = VerifiedFiles()
 
 
 @bp.get("/artifacts/<artifact_id>")
@@ -257,8 +298,16 @@ def download_artifact(artifact_id: str) -> Response:
     path = (root / artifact.path).resolve()
     if not path.is_relative_to(root):
         raise Problem(404, "Not Found", f"artifact {artifact_id} is not stored under the artifact root", slug="not-found")
-    if not path.is_file():
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        stat = None
+    if stat is None or not path.is_file():
         raise Problem(410, "Gone", f"the file of artifact {artifact_id} ({artifact.name}) is no longer stored", slug="gone")
+    if stat.st_size != artifact.size or verified_files.sha256(path, stat) != artifact.sha256:
+        log.error("artifact %s (%s): the stored file no longer matches its recorded sha256", artifact_id, artifact.path)
+        raise Problem(410, "Gone", f"the file of artifact {artifact_id} ({artifact.name}) no longer matches its"
+                      " recorded sha256 and is not served", slug="artifact-corrupt")
     response = send_file(path, mimetype=artifact.content_type, etag=artifact.sha256, conditional=True,
                          download_name=artifact.name.rsplit("/", 1)[-1], max_age=31536000)
     response.headers["Cache-Control"] = "public, max-age=31536000, immutable"

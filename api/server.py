@@ -1,4 +1,10 @@
-"""Serving the API with gunicorn (threads, for SSE), from the CLI or a gunicorn config."""
+"""Serving the API with gunicorn, from the CLI or a gunicorn config.
+
+The default worker class is gevent: an open progress stream (SSE) is a parked
+greenlet, so hundreds of them never take the threads that health, reads and
+submits need (psycopg 3 cooperates with gevent on its own). ``gthread``
+remains available; there, each open stream holds one of the threads.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +46,16 @@ def frozen(app: Any) -> Any:
     return app
 
 
-def serve(host: str, port: int, workers: int = 2, threads: int = 8) -> None:
+WORKER_CLASSES = ("gevent", "gthread")
+
+
+def worker_options(worker_class: str, threads: int) -> dict[str, Any]:
+    if worker_class == "gevent":
+        return {"worker_class": "gevent", "worker_connections": 2000}
+    return {"worker_class": "gthread", "threads": threads}
+
+
+def serve(host: str, port: int, workers: int = 2, threads: int = 8, worker_class: str = "gevent") -> None:
     from gunicorn.app.base import BaseApplication
 
     from api import create_app
@@ -49,7 +64,7 @@ def serve(host: str, port: int, workers: int = 2, threads: int = 8) -> None:
         def load_config(self) -> None:
             options: dict[str, Any] = {
                 "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-                "workers": workers, "threads": threads, "worker_class": "gthread",
+                "workers": workers, **worker_options(worker_class, threads),
                 "timeout": 60, "graceful_timeout": 10, "accesslog": "-", "errorlog": "-", "loglevel": "info",
             }
             for key, value in options.items():

@@ -119,7 +119,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     except OpenBindWithoutToken as exc:
         raise UsageError(str(exc)) from None
     _require_current_schema()
-    serve(args.host, args.port, workers=args.workers, threads=args.threads)
+    serve(args.host, args.port, workers=args.workers, threads=args.threads, worker_class=args.worker_class)
     return 0
 
 
@@ -131,6 +131,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not queues or unknown:
         raise UsageError(f"--queues: choose from gpu, cpu (got {args.queues!r})")
     _require_current_schema()
+    if not args.no_supervise:
+        import logging
+
+        from shared.supervisor import supervise
+
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s/supervisor] %(message)s")
+        child = [sys.executable, "-m", "shared.cli", "worker", "--queues", queues, "--loglevel", args.loglevel,
+                 "--no-supervise"]
+        return supervise(child, load_settings())
     os.environ["LATENTFORGE_WORKER_QUEUES"] = queues
     from worker.tasks import WORKER_NAME, app
 
@@ -176,9 +185,11 @@ def _wait_for_api(url: str, seconds: float, procs: list[subprocess.Popen]) -> No
         if any(p.poll() is not None for p in procs):
             raise UsageError("a role exited during start-up; see its messages above")
         try:
-            client.get("/openapi.json")
+            client.get("/health")
             return
-        except ApiError:
+        except ApiError as exc:
+            if exc.status:  # it answered (503 until the worker registers): the API is up
+                return
             time.sleep(0.3)
     raise UsageError(f"the API did not answer at {url} within {seconds:.0f} s")
 
@@ -337,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
         role.add_argument("--port", type=int, default=default_port)
         if name == "api":
             role.add_argument("--workers", type=int, default=2, help="server processes")
-            role.add_argument("--threads", type=int, default=8, help="threads per process (SSE holds one)")
+            role.add_argument("--worker-class", choices=["gevent", "gthread"], default="gevent",
+                              help="gevent (default): open progress streams hold no thread")
+            role.add_argument("--threads", type=int, default=8, help="threads per process (gthread only)")
             role.set_defaults(handler=cmd_api)
         else:
             role.add_argument("--no-seed", action="store_true", help="do not queue the seed preset on an empty store")
@@ -346,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run jobs from the queue (one at a time)")
     worker.add_argument("--queues", default="gpu,cpu", help="comma-separated: gpu, cpu")
     worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--no-supervise", action="store_true",
+                        help="run Celery in this process (for a process manager that restarts it); without a"
+                             " supervisor a job that crashes the worker is settled by the reaper, after the stale timeout")
     worker.set_defaults(handler=cmd_worker)
 
     submit = sub.add_parser("submit", help="queue a job through the API")

@@ -26,6 +26,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
@@ -86,6 +87,11 @@ class Job(Base):
     state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value)
     progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Fencing token: +1 on every claim, never reused; an attempt's writes are
+    # checked against it, and its files live in a folder named after it.
+    lease: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # +1 on every change of the row, so progress streams can poll one cheap column.
+    revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker: Mapped[str | None] = mapped_column(String(255))
@@ -98,6 +104,11 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error_type: Mapped[str | None] = mapped_column(String(200))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # The newest resume state written by an attempt that still owned the job:
+    # {"lease", "epoch", "path", "sha256", "torch_threads"}.
+    checkpoint: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Why the previous attempt ended without finishing (a worker crash, a hand-over).
+    last_interruption: Mapped[str | None] = mapped_column(Text)
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"))
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     request_hash: Mapped[str | None] = mapped_column(String(64))
@@ -141,6 +152,20 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     current_job: Mapped[str | None] = mapped_column(String(36))
+    # Messages that could not name a job, acknowledged and dropped.
+    dropped_messages: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Shutting down: finishing its epoch, then handing its job back.
+    draining: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class Lease(Base):
+    """A named, expiring lock in the database: one holder does a periodic chore at a time."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 def make_engine(database_url: str) -> Engine:
@@ -160,8 +185,43 @@ def make_engine(database_url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(database_url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # A short connect timeout: an unreachable server is an error to retry, not a hang.
+    connect_args = {"connect_timeout": 5} if database_url.startswith("postgresql") else {}
+    return create_engine(database_url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_timeout=10,
+                         connect_args=connect_args)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+# SQLSTATEs worth retrying: serialisation failure, deadlock, the server
+# shutting down or not yet accepting connections, connection exceptions, too
+# many connections.
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03", "53300",
+                                 "08000", "08001", "08003", "08004", "08006", "08007"})
+SQLITE_TRANSIENT = ("database is locked", "database is busy", "disk i/o error", "unable to open database file")
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """True for a database error that may pass if retried: connection loss, lock or serialisation conflicts.
+
+    Everything else (DataError, ProgrammingError, IntegrityError, a missing
+    table) is a bug or bad data and retrying it only repeats it.
+    """
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, (sa_exc.DisconnectionError, sa_exc.TimeoutError)):  # TimeoutError: pool exhausted
+        return True
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate is not None:
+        return sqlstate in TRANSIENT_SQLSTATES or sqlstate.startswith("08")
+    if type(orig).__module__.startswith("sqlite3"):
+        return isinstance(exc, sa_exc.OperationalError) and str(orig).lower().startswith(SQLITE_TRANSIENT)
+    # Connection failures carry no SQLSTATE (psycopg raises OperationalError before any server reply).
+    return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))

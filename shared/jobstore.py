@@ -1,15 +1,21 @@
-"""Delivery rules of SPEC §2, as conditional updates on the jobs table.
+"""Delivery rules, as conditional updates on the jobs table.
 
 * The API commits the job row, then publishes its id, then marks it published.
   A job whose row is committed but never marked published is republished by
-  the reaper after a grace period.
-* A worker claims a job with ``queued -> running`` in one conditional UPDATE:
-  when a message arrives twice, only one claim matches, so the job runs once.
-* Every later write of the running attempt is fenced by (state, attempts,
-  worker): an attempt that lost its job to the reaper can no longer touch it.
+  the reaper after a grace period; a queued job whose message the broker lost
+  is found by comparing the broker's messages with the queued rows.
+* A worker claims a job with ``queued -> running`` in one conditional UPDATE
+  that also takes a new *lease* (a fencing token, never reused): when a
+  message arrives twice, only one claim matches, so the job runs once.
+* Every later write of the running attempt is fenced by (state, lease): an
+  attempt that lost its job to the reaper can no longer touch its row, and
+  its files live in a folder of its own (``run_path``), so it cannot touch
+  the files of the attempt that won either. Artifacts are recorded in the
+  same fenced transaction that marks the job succeeded.
 * The reaper requeues a running job whose heartbeat is stale (the next attempt
-  resumes from its last epoch checkpoint) until ``max_attempts`` runs, then
-  fails it.
+  resumes from the newest checkpoint recorded by an owning attempt) until
+  ``max_attempts`` runs, then fails it. A warm shutdown hands a job back
+  without spending an attempt.
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import Artifact, Job, JobState, Worker, utcnow
+from shared.db import Artifact, Job, JobState, Lease, Worker, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +40,31 @@ class JobConflict(Exception):
     """The job is in a state that does not allow the operation."""
 
 
+class JobNotFound(KeyError):
+    """No job has this id."""
+
+
+def run_path(job_id: str, lease: int) -> str:
+    """The folder of one attempt, relative to the artifact root; only that attempt writes in it."""
+    return f"jobs/{job_id}/run-{lease}"
+
+
 @dataclass(frozen=True)
 class Claim:
     """A running attempt: the fence for every write it makes."""
 
     job_id: str
     attempt: int
+    lease: int
     worker: str
     kind: str
     spec: dict[str, Any]
     parent_id: str | None
+    checkpoint: dict[str, Any] | None = None  # where to resume from, if an earlier attempt got that far
+
+    @property
+    def folder(self) -> str:
+        return run_path(self.job_id, self.lease)
 
 
 @dataclass(frozen=True)
@@ -53,6 +75,11 @@ class ArtifactRecord:
     size: int
     sha256: str
     path: str
+
+
+def _changed(**values: Any) -> dict[str, Any]:
+    """Values for an UPDATE of a job row that clients can see: bumps its revision."""
+    return {**values, "revision": Job.revision + 1}
 
 
 class JobStore:
@@ -90,20 +117,21 @@ class JobStore:
             claimed = s.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.state == JobState.QUEUED.value, Job.cancel_requested.is_(False))
-                .values(state=JobState.RUNNING.value, attempts=Job.attempts + 1, worker=worker,
-                        heartbeat_at=now, started_at=now, error_type=None, error_message=None)
+                .values(**_changed(state=JobState.RUNNING.value, attempts=Job.attempts + 1, lease=Job.lease + 1,
+                                   worker=worker, heartbeat_at=now, started_at=now, error_type=None,
+                                   error_message=None))
             ).rowcount
             if not claimed:
                 return None
             job = s.get(Job, job_id)
-            return Claim(job.id, job.attempts, worker, job.kind, dict(job.spec), job.parent_id)
+            return Claim(job.id, job.attempts, job.lease, worker, job.kind, dict(job.spec), job.parent_id,
+                         dict(job.checkpoint) if job.checkpoint else None)
 
     def _fenced(self, claim: Claim):
         return update(Job).where(
             Job.id == claim.job_id,
             Job.state == JobState.RUNNING.value,
-            Job.attempts == claim.attempt,
-            Job.worker == claim.worker,
+            Job.lease == claim.lease,
         )
 
     def heartbeat(self, claim: Claim) -> tuple[bool, bool]:
@@ -113,9 +141,13 @@ class JobStore:
             cancel = s.execute(select(Job.cancel_requested).where(Job.id == claim.job_id)).scalar_one_or_none()
         return owned, bool(cancel)
 
-    def record_progress(self, claim: Claim, progress: dict[str, Any]) -> bool:
+    def record_progress(self, claim: Claim, progress: dict[str, Any], checkpoint: dict[str, Any] | None = None) -> bool:
+        """Store progress (and, with ``checkpoint``, the new resume point); False if the attempt lost the job."""
+        values = _changed(progress=progress, heartbeat_at=utcnow())
+        if checkpoint is not None:
+            values["checkpoint"] = checkpoint
         with self.sessions.begin() as s:
-            return s.execute(self._fenced(claim).values(progress=progress, heartbeat_at=utcnow())).rowcount == 1
+            return s.execute(self._fenced(claim).values(**values)).rowcount == 1
 
     def finish(
         self,
@@ -125,9 +157,9 @@ class JobStore:
         error: tuple[str, str] | None = None,
         artifacts: Iterable[ArtifactRecord] = (),
     ) -> bool:
-        """End the attempt and record its artifacts in one transaction; False if it lost the job."""
+        """End the attempt and publish its artifacts in one transaction; False if it lost the job."""
         with self.sessions.begin() as s:
-            values: dict[str, Any] = {"state": state.value, "finished_at": utcnow()}
+            values: dict[str, Any] = _changed(state=state.value, finished_at=utcnow(), checkpoint=None)
             if error is not None:
                 values.update(error_type=error[0], error_message=error[1])
             if not s.execute(self._fenced(claim).values(**values)).rowcount:
@@ -136,6 +168,19 @@ class JobStore:
                 s.add(Artifact(job_id=claim.job_id, **record.__dict__))
         return True
 
+    def hand_back(self, claim: Claim, reason: str) -> bool:
+        """Return a running job to the queue at once, without spending an attempt (warm shutdown)."""
+        now = utcnow()
+        with self.sessions.begin() as s:
+            handed = s.execute(self._fenced(claim).values(**_changed(
+                state=JobState.QUEUED.value, attempts=Job.attempts - 1, worker=None, heartbeat_at=None,
+                queued_at=now, published_at=None, last_interruption=reason,
+            ))).rowcount == 1
+            queue = s.execute(select(Job.queue).where(Job.id == claim.job_id)).scalar_one()
+        if handed:
+            self._send_unpublished(claim.job_id, queue, now)
+        return handed
+
     # -- cancelling -------------------------------------------------------------------
 
     def cancel(self, job_id: str) -> str:
@@ -143,58 +188,89 @@ class JobStore:
         with self.sessions.begin() as s:
             if s.execute(
                 update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED.value)
-                .values(state=JobState.CANCELLED.value, cancel_requested=True, finished_at=utcnow())
+                .values(**_changed(state=JobState.CANCELLED.value, cancel_requested=True, finished_at=utcnow(),
+                                   checkpoint=None))
             ).rowcount:
                 return JobState.CANCELLED.value
             if s.execute(
-                update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING.value).values(cancel_requested=True)
+                update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING.value)
+                .values(**_changed(cancel_requested=True))
             ).rowcount:
                 return JobState.RUNNING.value
             state = s.execute(select(Job.state).where(Job.id == job_id)).scalar_one_or_none()
         if state is None:
-            raise KeyError(job_id)
+            raise JobNotFound(job_id)
         raise JobConflict(f"job {job_id} has already finished ({state})")
 
-    # -- reaping ----------------------------------------------------------------------
+    # -- attempts that ended without finishing -------------------------------------------
+
+    def _interrupt(self, s: Session, row: Any, reason: str, now: datetime, *extra_conditions: Any) -> str | None:
+        """Requeue, fail or cancel one running attempt that will not finish; returns what happened."""
+        job_id, lease, attempts, max_attempts, cancel = row
+        if cancel:
+            values, outcome = {"state": JobState.CANCELLED.value, "finished_at": now, "checkpoint": None}, "cancelled"
+        elif attempts < max_attempts:
+            values = {"state": JobState.QUEUED.value, "worker": None, "heartbeat_at": None,
+                      "queued_at": now, "published_at": None}
+            outcome = "requeued"
+        else:
+            values = {"state": JobState.FAILED.value, "finished_at": now, "checkpoint": None,
+                      "error_type": "WorkerLost",
+                      "error_message": f"gave up after {attempts} attempts; the last one ended because {reason}"}
+            outcome = "failed"
+        done = s.execute(
+            update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING.value, Job.lease == lease,
+                              *extra_conditions)
+            .values(**_changed(last_interruption=reason, **values))
+        ).rowcount
+        return outcome if done else None
+
+    def _settle(self, rows: Iterable[Any], reason_of: Callable[[Any], str], now: datetime,
+                *extra_conditions: Any) -> dict[str, int]:
+        counts = {"requeued": 0, "failed": 0, "cancelled": 0, "republished": 0}
+        requeued: list[tuple[str, str]] = []
+        with self.sessions.begin() as s:
+            for row in rows:
+                outcome = self._interrupt(s, row[:5], reason_of(row), now, *extra_conditions)
+                if outcome is not None:
+                    counts[outcome] += 1
+                    log.warning("job %s: %s (%s)", row[0], outcome, reason_of(row))
+                    if outcome == "requeued":
+                        requeued.append((row[0], row[5]))
+        # A requeued job goes back to the broker at once.
+        counts["republished"] = sum(self._send_unpublished(job_id, queue, now) for job_id, queue in requeued)
+        return counts
+
+    def worker_crashed(self, worker: str, reason: str) -> dict[str, int]:
+        """The worker process died (its supervisor saw it): settle its job now, not after the stale timeout."""
+        now = utcnow()
+        with self.sessions() as s:
+            rows = s.execute(
+                select(Job.id, Job.lease, Job.attempts, Job.max_attempts, Job.cancel_requested, Job.queue)
+                .where(Job.state == JobState.RUNNING.value, Job.worker == worker)
+            ).all()
+        counts = self._settle(rows, lambda _row: reason, now, Job.worker == worker)
+        self.worker_gone(worker)
+        return counts
 
     def reap(self, stale_after_s: float, now: datetime | None = None) -> dict[str, int]:
         """Requeue or fail jobs whose worker went silent; republish jobs never published."""
         now = now or utcnow()
         cutoff = now - timedelta(seconds=stale_after_s)
-        counts = {"requeued": 0, "failed": 0, "cancelled": 0, "republished": 0}
-        requeued: list[tuple[str, str]] = []
-        with self.sessions.begin() as s:
+        with self.sessions() as s:
             stale = s.execute(
-                select(Job.id, Job.attempts, Job.max_attempts, Job.cancel_requested, Job.queue)
+                select(Job.id, Job.lease, Job.attempts, Job.max_attempts, Job.cancel_requested, Job.queue, Job.worker)
                 .where(Job.state == JobState.RUNNING.value, Job.heartbeat_at < cutoff)
             ).all()
-            for job_id, attempts, max_attempts, cancel, queue in stale:
-                still_stale = update(Job).where(
-                    Job.id == job_id, Job.state == JobState.RUNNING.value,
-                    Job.attempts == attempts, Job.heartbeat_at < cutoff,
-                )
-                if cancel:
-                    values, key = {"state": JobState.CANCELLED.value, "finished_at": now}, "cancelled"
-                elif attempts < max_attempts:
-                    values = {"state": JobState.QUEUED.value, "worker": None, "heartbeat_at": None,
-                              "queued_at": now, "published_at": None}
-                    key = "requeued"
-                else:
-                    values = {
-                        "state": JobState.FAILED.value, "finished_at": now, "error_type": "WorkerLost",
-                        "error_message": f"the worker stopped sending heartbeats; gave up after {attempts} attempts",
-                    }
-                    key = "failed"
-                if s.execute(still_stale.values(**values)).rowcount:
-                    counts[key] += 1
-                    log.warning("job %s: heartbeat stale since before %s, %s", job_id, cutoff.isoformat(), key)
-                    if key == "requeued":
-                        requeued.append((job_id, queue))
-        # A requeued job goes back to the broker at once; jobs the API never
-        # published wait out the grace period first.
-        counts["republished"] = sum(self._send_unpublished(job_id, queue, now) for job_id, queue in requeued)
+        counts = self._settle(
+            stale, lambda row: f"its worker {row[6]} stopped sending heartbeats for over {stale_after_s:g} s",
+            now, Job.heartbeat_at < cutoff,
+        )
+        # Jobs the API never published wait out the grace period first.
         counts["republished"] += self.republish_unpublished(now)
         return counts
+
+    # -- publishing again ------------------------------------------------------------------
 
     def republish_unpublished(self, now: datetime | None = None, grace_s: float = PUBLISH_GRACE_S) -> int:
         now = now or utcnow()
@@ -206,6 +282,22 @@ class JobStore:
                 )
             ).all()
         return sum(self._send_unpublished(job_id, queue, now) for job_id, queue in pending)
+
+    def queued_published_before(self, cutoff: datetime) -> dict[str, str]:
+        """Queued jobs published before ``cutoff``: {id: queue}. Their messages should be in the broker."""
+        with self.sessions() as s:
+            return dict(s.execute(select(Job.id, Job.queue).where(
+                Job.state == JobState.QUEUED.value, Job.published_at.is_not(None), Job.published_at < cutoff,
+            )).all())
+
+    def republish(self, job_id: str, queue: str) -> bool:
+        """Publish a queued job again (its message was lost); duplicates are harmless thanks to the claim."""
+        now = utcnow()
+        with self.sessions.begin() as s:
+            if not s.execute(update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED.value)
+                             .values(published_at=None)).rowcount:
+                return False
+        return self._send_unpublished(job_id, queue, now)
 
     def _send_unpublished(self, job_id: str, queue: str, now: datetime) -> bool:
         # Claim the publishing first, so that two reapers do not both send it.
@@ -225,16 +317,68 @@ class JobStore:
                 s.execute(update(Job).where(Job.id == job_id).values(published_at=None))
             return False
 
+    # -- files --------------------------------------------------------------------------------
+
+    def folders_in_use(self, job_id: str) -> set[str]:
+        """Attempt folders to keep: the running or winning attempt's, and the one the checkpoint points into.
+
+        The winner is the last lease: nothing claims a job after it succeeded.
+        """
+        with self.sessions() as s:
+            row = s.execute(select(Job.state, Job.lease, Job.checkpoint).where(Job.id == job_id)).one_or_none()
+        if row is None:
+            return set()
+        keep: set[str] = set()
+        if row.state in (JobState.RUNNING.value, JobState.SUCCEEDED.value):
+            keep.add(run_path(job_id, row.lease))
+        if row.checkpoint:
+            keep.add(run_path(job_id, int(row.checkpoint["lease"])))
+        return keep
+
+    def published_folder(self, job_id: str) -> str | None:
+        """Where a finished job's files lie, relative to the artifact root (from its config.json record)."""
+        with self.sessions() as s:
+            row = s.execute(select(Artifact.path, Artifact.name)
+                            .where(Artifact.job_id == job_id, Artifact.name == "config.json")).one_or_none()
+        return row.path[: -len(row.name)].rstrip("/") if row else None
+
+    # -- leases ---------------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take or renew the named lease for ``ttl_s`` seconds; False while another holder has it."""
+        now = utcnow()
+        expires = now + timedelta(seconds=ttl_s)
+        with self.sessions.begin() as s:
+            if s.execute(update(Lease).where(Lease.name == name, (Lease.holder == holder) | (Lease.expires_at < now))
+                         .values(holder=holder, expires_at=expires)).rowcount:
+                return True
+        try:
+            with self.sessions.begin() as s:
+                s.execute(insert(Lease).values(name=name, holder=holder, expires_at=expires))
+            return True
+        except IntegrityError:
+            return False
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self.sessions.begin() as s:
+            s.execute(delete(Lease).where(Lease.name == name, Lease.holder == holder))
+
     # -- workers ----------------------------------------------------------------------
 
-    def worker_seen(self, hostname: str, queues: str, current_job: str | None) -> None:
+    def worker_seen(self, hostname: str, queues: str, current_job: str | None, draining: bool = False) -> None:
         with self.sessions.begin() as s:
             now = utcnow()
             if not s.execute(
                 update(Worker).where(Worker.hostname == hostname)
-                .values(last_seen=now, queues=queues, current_job=current_job)
+                .values(last_seen=now, queues=queues, current_job=current_job, draining=draining)
             ).rowcount:
-                s.add(Worker(hostname=hostname, queues=queues, started_at=now, last_seen=now, current_job=current_job))
+                s.add(Worker(hostname=hostname, queues=queues, started_at=now, last_seen=now, current_job=current_job,
+                             draining=draining))
+
+    def count_dropped(self, hostname: str) -> None:
+        with self.sessions.begin() as s:
+            s.execute(update(Worker).where(Worker.hostname == hostname)
+                      .values(dropped_messages=Worker.dropped_messages + 1))
 
     def worker_gone(self, hostname: str) -> None:
         with self.sessions.begin() as s:
@@ -246,3 +390,11 @@ class JobStore:
         with self.sessions() as s:
             cutoff = utcnow() - timedelta(seconds=stale_after_s)
             return list(s.scalars(select(Worker).where(Worker.last_seen >= cutoff).order_by(Worker.hostname)))
+
+    def live_workers_on(self, host: str, stale_after_s: float) -> int:
+        """How many live workers run on ``host`` (worker names are ``host:pid``)."""
+        with self.sessions() as s:
+            cutoff = utcnow() - timedelta(seconds=stale_after_s)
+            return s.execute(select(func.count()).select_from(Worker).where(
+                Worker.last_seen >= cutoff, Worker.hostname.like(host.replace("%", r"\%") + ":%", escape="\\"),
+            )).scalar_one()

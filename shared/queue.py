@@ -9,7 +9,12 @@ read from the database only.
 
 from __future__ import annotations
 
+import base64
+import json
+import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
 
@@ -90,3 +95,74 @@ def check_broker(app: Celery, timeout: float = 2.0) -> None:
             folder = Path(app.conf.broker_transport_options["data_folder_in"])
             if not folder.is_dir():
                 raise ConnectionError(f"broker folder {folder} is missing")
+
+
+def parse_job_id(args: Any, kwargs: Any = None) -> str | None:
+    """The job id a message names, or None for a message that cannot name one (a poison message)."""
+    if kwargs or not isinstance(args, (list, tuple)) or len(args) != 1 or not isinstance(args[0], str):
+        return None
+    text = args[0]
+    if len(text) != 36 or not text.isascii():
+        return None
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        return None
+
+
+def _job_id_in(envelope: Any) -> str | None:
+    """The job id inside a raw kombu message (Celery protocol 2: a base64 JSON body [args, kwargs, embed])."""
+    try:
+        body = envelope["body"]
+        if envelope.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args, kwargs, _embed = json.loads(body)
+        return parse_job_id(args, kwargs)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def held_job_ids(app: Celery, queues: tuple[str, ...] = QUEUES, unacked_within_s: float = 60.0) -> set[str] | None:
+    """Ids of the jobs whose messages the broker holds now, or None for a broker this cannot read.
+
+    Held means waiting in one of ``queues``, or delivered to a consumer less
+    than ``unacked_within_s`` seconds ago and not yet acknowledged. An older
+    unacknowledged message belongs to a consumer that died or hangs: Redis
+    would only redeliver it after the visibility timeout (days), so it does
+    not count.
+    """
+    with app.connection_for_read() as conn:
+        conn.ensure_connection(max_retries=1, timeout=5)
+        transport = conn.transport.driver_type
+        if transport == "filesystem":
+            return _held_in_folder(Path(app.conf.broker_transport_options["data_folder_in"]), queues)
+        if transport != "redis":
+            return None
+        channel = conn.default_channel
+        client = channel.client
+        keys = list(dict.fromkeys(channel._q_for_pri(q, p) for q in queues for p in channel.priority_steps))
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.lrange(key, 0, -1)
+        waiting = [item for items in pipe.execute() for item in items]
+        tags = client.zrangebyscore(channel.unacked_index_key, time.time() - unacked_within_s, "+inf")
+        delivered = [row for row in (client.hmget(channel.unacked_key, tags) if tags else []) if row]
+    held = {_job_id_in(json.loads(item)) for item in waiting}
+    held |= {_job_id_in(json.loads(row)[0]) for row in delivered}
+    held.discard(None)
+    return held  # type: ignore[return-value]
+
+
+def _held_in_folder(folder: Path, queues: tuple[str, ...]) -> set[str]:
+    held: set[str] = set()
+    suffixes = tuple(f".{queue}.msg" for queue in queues)
+    for path in folder.iterdir():
+        if not path.name.endswith(suffixes):
+            continue
+        try:
+            job_id = _job_id_in(json.loads(path.read_bytes()))
+        except (OSError, ValueError):
+            continue  # taken by a consumer meanwhile, or still being written
+        if job_id:
+            held.add(job_id)
+    return held

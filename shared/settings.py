@@ -37,6 +37,22 @@ class Settings:
     max_attempts: int = 3
     # Workers may fetch a missing dataset with torchvision (needs internet).
     allow_download: bool = False
+    # How often one worker compares the broker's messages with the queued
+    # jobs; a job missing from the broker in two checks in a row is republished.
+    broker_check_seconds: float = 15.0
+    # Warm shutdown (SIGTERM): the running job may finish its epoch for this
+    # long, then it is checkpointed and handed back to the queue.
+    shutdown_grace_seconds: float = 30.0
+    # Intra-op threads of each job; None: the CPUs this worker may use divided
+    # by the live workers on its host.
+    torch_threads: int | None = None
+    # Scheduling priority of workers (nice), so that an API on the same host stays responsive.
+    worker_nice: int = 10
+    # With a token set: let anyone read (GET) without it.
+    public_read: bool = False
+    # Progress streams (SSE) per API process, and the longest one may stay open.
+    max_streams: int = 1000
+    stream_max_seconds: float = 600.0
 
     @property
     def uses_embedded_broker(self) -> bool:
@@ -65,6 +81,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if raw is None:
             return default
         try:
+            if not raw.isascii():
+                raise ValueError(raw)
             value = kind(raw)
         except ValueError:
             raise SettingsError(f"{ENV_PREFIX}{name}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
@@ -79,6 +97,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f"{ENV_PREFIX}STALE_AFTER_SECONDS ({stale_after:g}) must exceed twice"
             f" {ENV_PREFIX}HEARTBEAT_SECONDS ({heartbeat:g})"
         )
+    def flag(name: str) -> bool:
+        return (get(name) or "").lower() in ("1", "true", "yes")
+
+    nice = get("WORKER_NICE")
+    if nice is not None and not (nice.lstrip("-").isdigit() and nice.isascii() and -20 <= int(nice) <= 19):
+        raise SettingsError(f"{ENV_PREFIX}WORKER_NICE={nice!r} must be a whole number from -20 to 19")
+    threads = get("TORCH_THREADS")
     return Settings(
         home=home,
         database_url=database_url,
@@ -90,5 +115,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         heartbeat_seconds=heartbeat,
         stale_after_seconds=stale_after,
         max_attempts=int(number("MAX_ATTEMPTS", 3, int)),
-        allow_download=(get("ALLOW_DOWNLOAD") or "").lower() in ("1", "true", "yes"),
+        allow_download=flag("ALLOW_DOWNLOAD"),
+        broker_check_seconds=number("BROKER_CHECK_SECONDS", 15.0),
+        shutdown_grace_seconds=number("SHUTDOWN_GRACE_SECONDS", 30.0),
+        torch_threads=int(number("TORCH_THREADS", 1, int)) if threads is not None else None,
+        worker_nice=int(nice) if nice is not None else 10,
+        public_read=flag("PUBLIC_READ"),
+        max_streams=int(number("MAX_STREAMS", 1000, int)),
+        stream_max_seconds=number("STREAM_MAX_SECONDS", 600.0),
     )

@@ -96,14 +96,15 @@ def stack_factory(tmp_path_factory, mnist_dir):
 
     exits = contextlib.ExitStack()
 
-    def make(kind: str = "embedded", *, token: str | None = None, workers: int = 1, api: bool = True) -> Stack:
+    def make(kind: str = "embedded", *, token: str | None = None, workers: int = 1, api: bool = True,
+             env: dict[str, str] | None = None) -> Stack:
         home = tmp_path_factory.mktemp(kind)
         if kind == "embedded":
-            stack = Stack(home, mnist_dir, token=token)
+            stack = Stack(home, mnist_dir, token=token, extra_env=env)
         else:
             database = exits.enter_context(postgres_database())
             broker = exits.enter_context(redis_database())
-            stack = Stack(home, mnist_dir, database_url=database, broker_url=broker, token=token)
+            stack = Stack(home, mnist_dir, database_url=database, broker_url=broker, token=token, extra_env=env)
         exits.callback(stack.close)
         stack.upgrade()
         if api:

@@ -135,7 +135,7 @@ class Stack:
 
     def _answers(self) -> bool:
         try:
-            return requests.get(self.url + "/api/v1/openapi.json", timeout=1).status_code == 200
+            return requests.get(self.url + "/api/v1/openapi.json", headers=self.headers(), timeout=1).status_code == 200
         except requests.RequestException:
             return False
 
@@ -144,6 +144,11 @@ class Stack:
         self.wait_until(lambda: "ready (queues" in self.log(name) or proc.poll() is not None, 90, f"{name} to start")
         assert proc.poll() is None, self.log(name)
         return proc
+
+    def worker_proc_name(self, worker: str) -> str:
+        """The spawned process whose group runs this worker (``host:pid``; the pid is the supervisor's child)."""
+        pgid = os.getpgid(int(worker.rsplit(":", 1)[1]))
+        return next(name for name, proc in self.procs.items() if proc.pid == pgid)
 
     def log(self, name: str) -> str:
         path = self.logs / f"{name}.log"
@@ -164,8 +169,9 @@ class Stack:
         headers.update(extra)
         return headers
 
-    def get(self, path: str, **kw: Any) -> requests.Response:
-        return requests.get(self.url + "/api/v1" + path, timeout=30, **kw)
+    def get(self, path: str, headers: dict[str, str] | None = None, **kw: Any) -> requests.Response:
+        return requests.get(self.url + "/api/v1" + path, headers=headers if headers is not None else self.headers(),
+                            timeout=30, **kw)
 
     def post(self, path: str, body: Any = None, headers: dict[str, str] | None = None, **kw: Any) -> requests.Response:
         return requests.post(self.url + "/api/v1" + path, json=body, headers=headers if headers is not None else self.headers(),

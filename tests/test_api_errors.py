@@ -134,7 +134,7 @@ def test_every_bad_input_is_refused_cleanly_and_leaves_nothing(stack, jobs):
     assert_problem(stack.get("/jobs?parent=x"), 400, field="parent")
     assert_problem(stack.get("/jobs?cursor=%%%"), 400, field="cursor")
     assert_problem(stack.get("/nowhere"), 404)
-    assert_problem(requests.delete(stack.url + "/api/v1/jobs", timeout=10), 405)
+    assert_problem(requests.delete(stack.url + "/api/v1/jobs", headers=stack.headers(), timeout=10), 405)
 
     assert count_jobs(stack) == before_jobs
     assert files_under(stack) == before_files
@@ -145,8 +145,13 @@ def test_writes_with_the_token_work(stack):
     assert response.status_code == 201
     cancel = stack.post(f"/jobs/{response.json()['id']}/cancel")
     assert cancel.status_code == 202 and cancel.json()["state"] == "cancelled"
-    # Reads need no token.
-    assert requests.get(stack.url + f"/api/v1/jobs/{response.json()['id']}", timeout=10).status_code == 200
+    # Reads need the token too; the scheme word is case-insensitive, the token exact.
+    url = stack.url + f"/api/v1/jobs/{response.json()['id']}"
+    assert_problem(requests.get(url, timeout=10), 401, "requires a token")
+    assert requests.get(url, headers={"Authorization": f"bEaReR {TOKEN}"}, timeout=10).status_code == 200
+    assert_problem(requests.get(url, headers={"Authorization": f"Bearer {TOKEN.upper()}"}, timeout=10), 401, "not valid")
+    assert_problem(requests.get(url, headers={"Authorization": f"Bearer {TOKEN}x"}, timeout=10), 401, "not valid")
+    assert requests.get(stack.url + "/api/v1/health", timeout=10).status_code in (200, 503)  # health stays open
 
 
 def test_openapi_document_describes_the_api(stack):

@@ -151,19 +151,26 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
 
 
 # -- resumable training state ---------------------------------------------------------
-# A train job writes this after every epoch; a later attempt of the same job
-# (after its worker died) continues from it with the same random streams, so
-# the resumed run ends where an uninterrupted one would have.
+# A train job writes this after every epoch, each epoch into a new folder that
+# appears whole (written beside, then renamed into place). A later attempt of
+# the same job continues from it with the same random streams, so the resumed
+# run ends where an uninterrupted one would have. The caller records the
+# files' sha256 and the loader checks them: a torn or foreign file is never loaded.
 
 RESUME_TENSORS = "state.safetensors"
 RESUME_META = "state.json"
 
 
-def save_training_state(folder: str | os.PathLike, state: "TrainState") -> None:
+def save_training_state(folder: str | os.PathLike, state: "TrainState") -> dict[str, str]:
+    """Write the full training state into the new folder ``folder``; returns {file name: sha256}."""
     import random as _random
+    import shutil
+    import tempfile
+
+    from worker.files import sha256_of
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
     optim = state.optimizer.state_dict()
     tensors = {f"model.{k}": v.detach().to("cpu").clone() for k, v in state.model.state_dict().items()}
     for index, param_state in optim["state"].items():
@@ -183,11 +190,33 @@ def save_training_state(folder: str | os.PathLike, state: "TrainState") -> None:
         "numpy": [np_kind, int(np_pos), int(np_has_gauss), float(np_gauss)],
         "random": [py_version, list(py_state), py_gauss],
     }
-    # Tensors first, then the JSON that names the epoch: a crash in between
-    # leaves the previous epoch's JSON, which the loader checks against.
-    with atomic_path(folder / RESUME_TENSORS) as tmp:
-        save_file(tensors, str(tmp), metadata={"epoch": str(state.epoch)})
-    write_json(folder / RESUME_META, meta)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        save_file(tensors, str(staging / RESUME_TENSORS), metadata={"epoch": str(state.epoch)})
+        write_json(staging / RESUME_META, meta)
+        digests = {name: sha256_of(staging / name) for name in (RESUME_TENSORS, RESUME_META)}
+        os.chmod(staging, 0o755)
+        os.replace(staging, folder)  # the folder appears whole, or not at all
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return digests
+
+
+def verify_training_state(folder: str | os.PathLike, sha256: dict[str, str]) -> str | None:
+    """None when every file of the resume state has its recorded sha256; else what is wrong."""
+    from worker.files import sha256_of
+
+    folder = Path(folder)
+    for name in (RESUME_TENSORS, RESUME_META):
+        path = folder / name
+        if name not in sha256:
+            return f"no sha256 recorded for {name}"
+        if not path.is_file():
+            return f"{name} is missing"
+        if sha256_of(path) != sha256[name]:
+            return f"{name} does not match its recorded sha256"
+    return None
 
 
 def load_training_state(folder: str | os.PathLike, state: "TrainState") -> bool:

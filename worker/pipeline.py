@@ -7,7 +7,6 @@ calls it with progress and cancel callbacks.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,6 @@ from worker.checkpoint import (
     export_decoder,
     library_versions,
     load_training_state,
-    save_training_state,
     write_checkpoint,
 )
 from worker.data import ImageSplit, load_split
@@ -133,13 +131,14 @@ def run_training(
     log: Callable[[str], None] = print,
     on_epoch: Callable[[TrainState, EpochMetrics], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-    resume_dir: str | os.PathLike | None = None,
+    resume_from: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train, then write checkpoint and figures into ``out_dir``.
 
-    With ``resume_dir``, the full training state is saved there after every
-    epoch, and a run that finds one continues from it; it is removed once
-    the checkpoint is written.
+    With ``resume_from`` (a folder written by
+    :func:`worker.checkpoint.save_training_state`, already verified by the
+    caller), training continues after the epoch saved there. ``on_epoch`` is
+    where a caller saves such states (the queue's task does, every epoch).
     """
     started = time.perf_counter()
     folder = Path(out_dir)
@@ -154,16 +153,14 @@ def run_training(
         f" {len(train_split):,} train / {len(test_split):,} test images, {spec.epochs} epochs, device {device}"
     )
     state = new_state(spec, config, device)
-    if resume_dir is not None and load_training_state(resume_dir, state):
-        log(f"resuming after epoch {state.epoch} from {resume_dir}")
+    if resume_from is not None and load_training_state(resume_from, state):
+        log(f"resuming after epoch {state.epoch}")
     train_x = images_to_tensor(train_split, device)
     test_x = images_to_tensor(test_split, device)
 
     def after_epoch(st: TrainState, metrics: EpochMetrics) -> None:
         log(format_progress(metrics, spec.epochs))
         write_jsonl(folder / METRICS_FILE, [m.to_dict() for m in st.history])
-        if resume_dir is not None:
-            save_training_state(resume_dir, st)
         if on_epoch is not None:
             on_epoch(st, metrics)
 
@@ -196,8 +193,6 @@ def run_training(
     export_decoder(state.model, folder / DECODER_FILE)
     export_codes(train_codes, train_split.labels, folder / CODES_FILE)
     write_checkpoint(folder, state.model, record, history)
-    if resume_dir is not None:
-        shutil.rmtree(resume_dir, ignore_errors=True)
     seconds = time.perf_counter() - started
     log(
         f"done in {seconds:.1f}s: train {last.train_loss:.4f}, test {last.test_loss:.4f};"

@@ -1,32 +1,39 @@
 """The one module that joins the ML core to the database and the queue.
 
-A Celery task receives a job id, claims the job in the database, runs it
-with the plain runners of ``worker.pipeline`` / ``worker.runners``, records
-progress and artifacts, and ends it. A monitor thread keeps the worker's and
-the running job's heartbeats, notices cancel requests and lost ownership, and
-runs the reaper.
+A Celery task receives a job id, claims the job in the database (taking a new
+lease), runs it with the plain runners of ``worker.pipeline`` /
+``worker.runners`` in a folder that belongs to this attempt alone, records
+progress and the resume point after every epoch, and ends the job, publishing
+the attempt's files as its artifacts in the same fenced transaction. A monitor
+thread keeps the worker's and the running job's heartbeats, notices cancel
+requests and lost ownership, runs the reaper, and looks for queued jobs whose
+message the broker lost. SIGTERM drains the worker: the running job ends its
+epoch (or stops after the shutdown grace), is checkpointed and handed back.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 import socket
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from celery import signals
 from celery.exceptions import Reject
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import SQLAlchemyError
 
-from shared.db import JobState, make_engine, make_sessionmaker
+from shared.db import JobState, is_transient_db_error, make_engine, make_sessionmaker, utcnow
 from shared.jobstore import ArtifactRecord, Claim, JobStore
 from shared.migrate import check_schema
-from shared.queue import make_celery, publish
+from shared.queue import QUEUES, TASK_NAME, held_job_ids, make_celery, parse_job_id, publish
 from shared.settings import load_settings
-from shared.specs import EmbedSpec, JobKind, SampleSpec, TrainSpec
+from shared.specs import EmbedSpec, JobKind, SampleSpec, SpecError, TrainSpec
 from worker.files import sha256_of
 
 log = logging.getLogger("latentforge.worker")
@@ -35,7 +42,9 @@ settings = load_settings()
 app = make_celery(settings)
 engine = make_engine(settings.database_url)
 store = JobStore(make_sessionmaker(engine), lambda job_id, queue: publish(app, job_id, queue), settings.max_attempts)
-WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+HOST = socket.gethostname()
+WORKER_NAME = f"{HOST}:{os.getpid()}"
+SWEEP_LEASE = "broker-sweep"
 
 CONTENT_TYPES = {
     ".png": "image/png",
@@ -45,10 +54,70 @@ CONTENT_TYPES = {
     ".safetensors": "application/octet-stream",
 }
 RESUME_DIR = "resume"
+T = TypeVar("T")
 
 
-def job_dir(job_id: str) -> Path:
-    return settings.artifact_dir / "jobs" / job_id
+class AttemptLost(Exception):
+    """Another attempt owns the job now: this one stops and publishes nothing."""
+
+
+class HandBack(Exception):
+    """The worker is shutting down: the job goes back to the queue from its newest checkpoint."""
+
+
+# -- database writes that survive a short outage ---------------------------------------
+
+
+def retrying(fn: Callable[..., T], *args: Any, patience_s: float | None = None, **kwargs: Any) -> T:
+    """Call ``fn``; retry transient database errors with backoff for up to ``patience_s``.
+
+    The default patience is the stale timeout: past it the reaper would hand
+    the job to another worker anyway. Other database errors are raised at once.
+    """
+    deadline = time.monotonic() + (settings.stale_after_seconds if patience_s is None else patience_s)
+    delay = 0.05
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except SQLAlchemyError as exc:
+            if not is_transient_db_error(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: database unavailable (%s); retrying in %.2f s", fn.__name__, type(exc).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+# -- what a user may read -----------------------------------------------------------------
+
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~<>-])/(?:[^\s/'\"]+/)+([^\s/'\":,;()]+)")
+
+
+def scrub(message: str) -> str:
+    """One line for users: no server paths (the folder names are replaced, other paths cut to the file name)."""
+    line = " ".join(message.split())
+    for root, label in ((settings.artifact_dir, "<artifacts>"), (settings.data_dir, "<data dir>"),
+                        (settings.home, "<home>")):
+        line = line.replace(str(root), label)
+    return ABSOLUTE_PATH.sub(lambda m: m.group(1), line)[:500]
+
+
+def error_for_user(exc: BaseException) -> tuple[str, str]:
+    """The (type, message) stored on a failed job. Bugs get a generic line; their traceback goes to the log."""
+    from worker.checkpoint import CheckpointError
+    from worker.data import DatasetError
+    from worker.runners import JobInputError
+    from worker.train import TrainingError
+
+    if isinstance(exc, (TrainingError, JobInputError, CheckpointError, DatasetError, SpecError)):
+        return type(exc).__name__, scrub(str(exc)) or type(exc).__name__
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return "OutOfMemory", "the job ran out of memory; try a smaller batch_size, hidden sizes or limit"
+    if isinstance(exc, SQLAlchemyError):
+        return "DatabaseError", "the worker could not save the job's state in the database; see the worker's log"
+    return type(exc).__name__, f"the worker failed with an internal error ({type(exc).__name__}); see the worker's log"
+
+
+# -- files of one attempt ------------------------------------------------------------------
 
 
 def artifact_kind(relative: Path) -> str:
@@ -64,7 +133,7 @@ def artifact_kind(relative: Path) -> str:
 
 
 def collect_artifacts(folder: Path) -> list[ArtifactRecord]:
-    """Every finished file of a job's folder, confined to the artifact root."""
+    """Every finished file of an attempt's folder, confined to the artifact root, hashed now (verify on publish)."""
     root = settings.artifact_dir.resolve()
     records = []
     for path in sorted(folder.rglob("*")):
@@ -85,14 +154,114 @@ def collect_artifacts(folder: Path) -> list[ArtifactRecord]:
     return records
 
 
+def prune_attempt_folders(job_id: str) -> None:
+    """Remove the folders of attempts that lost, keeping the running or winning one and the checkpoint's."""
+    job_root = settings.artifact_dir / "jobs" / job_id
+    if not job_root.is_dir():
+        return
+    try:
+        keep = store.folders_in_use(job_id)
+    except SQLAlchemyError:
+        return  # the next claim or finish prunes
+    for child in job_root.glob("run-*"):
+        if f"jobs/{job_id}/{child.name}" not in keep and child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def published_folder(job_id: str) -> Path:
+    relative = store.published_folder(job_id) or f"jobs/{job_id}"
+    return settings.artifact_dir / relative
+
+
+def resume_point(claim: Claim) -> Path | None:
+    """The checkpoint an owning attempt recorded, once its files are verified; None to start afresh."""
+    from worker.checkpoint import verify_training_state
+
+    pointer = claim.checkpoint
+    if not pointer:
+        return None
+    root = settings.artifact_dir.resolve()
+    folder = (root / str(pointer.get("path", ""))).resolve()
+    problem = ("it lies outside the artifact root" if not folder.is_relative_to(root)
+               else verify_training_state(folder, pointer.get("sha256") or {}))
+    if problem:
+        log.warning("job %s: not resuming from epoch %s (%s); starting afresh", claim.job_id, pointer.get("epoch"), problem)
+        return None
+    return folder
+
+
+def configure_threads(claim: Claim) -> int:
+    """Intra-op threads for this job: the CPUs this worker may use shared among the workers on its host.
+
+    A resumed job keeps the count of the attempt it resumes: reductions then
+    run in the same order, so its losses match an uninterrupted run bit for bit.
+    """
+    import torch
+
+    if settings.torch_threads:
+        threads = settings.torch_threads
+    elif claim.checkpoint and claim.checkpoint.get("torch_threads"):
+        threads = int(claim.checkpoint["torch_threads"])
+    else:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        try:
+            workers_here = store.live_workers_on(HOST, settings.stale_after_seconds)
+        except SQLAlchemyError:
+            workers_here = 1
+        threads = max(1, cpus // max(1, workers_here))
+    torch.set_num_threads(threads)
+    return threads
+
+
+# -- the monitor thread -----------------------------------------------------------------------
+
+
+class LostMessageSweeper:
+    """Republishes queued jobs whose message the broker no longer holds.
+
+    A broker restarted without persistence, or a flushed database, loses the
+    messages of jobs that are queued in the database: nothing would ever run
+    them. One worker at a time (the holder of a database lease) compares the
+    broker's messages with the queued rows; a job missing in two sweeps in a
+    row is published again. The second look keeps a message that is between
+    the broker and a worker's claim from being taken for lost; a duplicate is
+    harmless anyway, as the claim runs a job once.
+    """
+
+    def __init__(self) -> None:
+        self.suspects: set[str] = set()
+
+    def sweep(self) -> int:
+        interval = settings.broker_check_seconds
+        if not store.acquire_lease(SWEEP_LEASE, WORKER_NAME, 3 * interval):
+            self.suspects.clear()
+            return 0
+        queued = store.queued_published_before(utcnow() - timedelta(seconds=interval))
+        if not queued:
+            self.suspects.clear()
+            return 0
+        held = held_job_ids(app, QUEUES, unacked_within_s=settings.stale_after_seconds)
+        if held is None:  # a broker whose messages cannot be listed
+            return 0
+        missing = set(queued) - held
+        confirmed, self.suspects = missing & self.suspects, missing - self.suspects
+        count = sum(store.republish(job_id, queued[job_id]) for job_id in sorted(confirmed))
+        if count:
+            log.warning("republished %d queued job(s) whose message the broker no longer held", count)
+        return count
+
+
 class Monitor:
-    """Background heartbeats, cancel and ownership checks, and the reaper."""
+    """Background heartbeats, cancel and ownership checks, the reaper and the lost-message sweep."""
 
     def __init__(self, queues: str):
         self.queues = queues
         self.claim: Claim | None = None
         self.cancel = threading.Event()
         self.lost = threading.Event()
+        self.draining = threading.Event()
+        self.drain_deadline = float("inf")
+        self.sweeper = LostMessageSweeper()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="latentforge-monitor", daemon=True)
@@ -103,11 +272,20 @@ class Monitor:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
         try:
+            store.release_lease(SWEEP_LEASE, WORKER_NAME)
             store.worker_gone(WORKER_NAME)
-        except Exception:
-            log.exception("could not remove worker row")
+        except SQLAlchemyError:
+            log.warning("could not remove this worker's row; it expires on its own")
+
+    def drain(self) -> None:
+        """Warm shutdown: take no new job; the running one stops at its epoch's end or after the grace."""
+        self.drain_deadline = time.monotonic() + settings.shutdown_grace_seconds
+        self.draining.set()
+        log.info("worker %s: shutting down; the running job (if any) is checkpointed and handed back within %g s",
+                 WORKER_NAME, settings.shutdown_grace_seconds)
 
     def begin(self, claim: Claim) -> None:
         with self._lock:
@@ -121,14 +299,15 @@ class Monitor:
             self.claim = None
 
     def should_stop(self) -> bool:
-        return self.cancel.is_set() or self.lost.is_set()
+        """Polled between batches: cancel, a lost job, or a shutdown whose grace has run out."""
+        return self.cancel.is_set() or self.lost.is_set() or time.monotonic() >= self.drain_deadline
 
     def beat(self) -> None:
         # Held across the database calls: once end() returns, no heartbeat of
         # the finished attempt is in flight to find the job "lost".
         with self._lock:
             claim = self.claim
-            store.worker_seen(WORKER_NAME, self.queues, claim.job_id if claim else None)
+            store.worker_seen(WORKER_NAME, self.queues, claim.job_id if claim else None, self.draining.is_set())
             if claim is not None:
                 owned, cancel = store.heartbeat(claim)
                 if not owned:
@@ -137,48 +316,81 @@ class Monitor:
                 if cancel:
                     self.cancel.set()
 
+    def _chore(self, name: str, fn: Callable[[], Any]) -> None:
+        try:
+            fn()
+        except SQLAlchemyError as exc:
+            if not is_transient_db_error(exc):
+                log.exception("monitor: %s failed", name)
+            else:
+                log.warning("monitor: %s: database unavailable (%s)", name, type(exc).__name__)
+        except Exception as exc:  # the broker may be away too; keep beating
+            log.warning("monitor: %s failed (%s: %s)", name, type(exc).__name__, exc)
+
     def _loop(self) -> None:
         next_reap = 0.0
+        next_sweep = time.monotonic() + settings.broker_check_seconds
         while not self._stop.wait(settings.heartbeat_seconds):
-            try:
-                self.beat()
-                if time.monotonic() >= next_reap:
-                    counts = store.reap(settings.stale_after_seconds)
-                    if any(counts.values()):
-                        log.info("reaper: %s", counts)
-                    next_reap = time.monotonic() + settings.heartbeat_seconds * 2
-            except Exception:  # the database may be briefly away; keep beating
-                log.exception("monitor: heartbeat or reap failed")
+            self._chore("heartbeat", self.beat)
+            now = time.monotonic()
+            if now >= next_reap:
+                self._chore("reaper", self._reap)
+                next_reap = now + settings.heartbeat_seconds * 2
+            if now >= next_sweep and not self.draining.is_set():
+                self._chore("lost-message sweep", self.sweeper.sweep)
+                next_sweep = now + settings.broker_check_seconds
+
+    @staticmethod
+    def _reap() -> None:
+        counts = store.reap(settings.stale_after_seconds)
+        if any(counts.values()):
+            log.info("reaper: %s", counts)
 
 
 monitor = Monitor(os.environ.get("LATENTFORGE_WORKER_QUEUES", "gpu,cpu"))
+
+
+# -- running one job ----------------------------------------------------------------------------
 
 
 def run_claimed(
     claim: Claim, folder: Path, should_stop: Callable[[], bool], log_line: Callable[[str], None]
 ) -> dict[str, Any] | None:
     """Run one job's work; returns the summary to record as its progress. Raises on failure."""
+    from worker.checkpoint import save_training_state
     from worker.pipeline import run_training
     from worker.runners import run_embed, run_sample
 
     kind = JobKind(claim.kind)
     if kind is JobKind.TRAIN:
         spec = TrainSpec.from_dict(claim.spec)
+        resume_root = folder / RESUME_DIR
 
         def on_epoch(state: Any, metrics: Any) -> None:
-            progress = {
-                **metrics.to_dict(), "total": spec.epochs,
-                "history": [m.to_dict() for m in state.history],
-            }
-            if not store.record_progress(claim, progress):
+            # The resume state first, in a folder of its own; then the pointer
+            # to it, fenced: only an attempt that owns the job moves it.
+            relative = f"{claim.folder}/{RESUME_DIR}/epoch-{state.epoch:06d}"
+            digests = save_training_state(settings.artifact_dir / relative, state)
+            pointer = {"lease": claim.lease, "epoch": state.epoch, "path": relative, "sha256": digests,
+                       "torch_threads": threads}
+            progress = {**metrics.to_dict(), "total": spec.epochs, "history": [m.to_dict() for m in state.history]}
+            if not retrying(store.record_progress, claim, progress, pointer):
                 monitor.lost.set()
+                raise AttemptLost(f"attempt {claim.attempt} lost the job after epoch {state.epoch}")
+            for older in resume_root.iterdir():  # the pointer has moved on: older states are not needed
+                if older.name != f"epoch-{state.epoch:06d}":
+                    shutil.rmtree(older, ignore_errors=True)
+            if monitor.draining.is_set() and state.epoch < spec.epochs:
+                raise HandBack(f"its worker shut down; handed back after epoch {state.epoch}")
 
+        threads = configure_threads(claim)
         run_training(
             spec, folder, data_dir=settings.data_dir, download=settings.allow_download, log=log_line, on_epoch=on_epoch,
-            should_stop=should_stop, resume_dir=folder / RESUME_DIR,
+            should_stop=should_stop, resume_from=resume_point(claim),
         )
         return None  # its progress was recorded epoch by epoch
-    parent_dir = job_dir(claim.parent_id or "")
+    configure_threads(claim)
+    parent_dir = published_folder(claim.parent_id or "")
     if kind is JobKind.EMBED:
         output = run_embed(EmbedSpec.from_dict(claim.spec), parent_dir, folder, settings.data_dir, log=log_line)
     else:
@@ -186,57 +398,113 @@ def run_claimed(
     return output.summary
 
 
+def drop_message(what: str) -> None:
+    """A message that cannot name a job: acknowledged and dropped, once, with one log line and a count."""
+    log.error("dropped a message that names no job: %s", what)
+    try:
+        store.count_dropped(WORKER_NAME)
+    except SQLAlchemyError:
+        pass
+
+
 def execute_job(job_id: str) -> JobState | None:
-    """Claim and run one job, wrapped so that every outcome ends in the job row."""
+    """Claim and run one job, wrapped so that every outcome ends in the job row (or, if the
+    database stays away, in a running row with a stale heartbeat that the reaper requeues)."""
     from worker.train import TrainingCancelled
 
+    if monitor.draining.is_set():
+        raise Reject("the worker is shutting down", requeue=True)
     try:
         claim = store.claim(job_id, WORKER_NAME)
-    except DBAPIError as exc:
+    except SQLAlchemyError as exc:
+        if not is_transient_db_error(exc):
+            drop_message(f"job {job_id}: the claim failed with {type(exc).__name__}")
+            log.debug("claim of %s failed", job_id, exc_info=True)
+            return None
         # The database is away: hand the message back rather than acknowledge
         # (and so lose) it; the broker delivers it again.
         log.warning("job %s: cannot claim (%s); message returned to the queue", job_id, exc.__class__.__name__)
         time.sleep(settings.heartbeat_seconds)
-        raise Reject(str(exc), requeue=True) from None
+        raise Reject(type(exc).__name__, requeue=True) from None
     if claim is None:
         log.info("job %s: not claimable (already taken, finished or cancelled); message dropped", job_id)
         return None
     log.info("job %s: %s, attempt %d", job_id, claim.kind, claim.attempt)
-    folder = job_dir(job_id)
+    folder = settings.artifact_dir / claim.folder
+    prune_attempt_folders(job_id)
     monitor.begin(claim)
+    outcome: str
+    artifacts: list[ArtifactRecord] = []
+    error: tuple[str, str] | None = None
     try:
         summary = run_claimed(claim, folder, monitor.should_stop, lambda line: log.info("job %s: %s", job_id, line))
-        if summary is not None:
-            store.record_progress(claim, summary)
-        state, error = JobState.SUCCEEDED, None
+        if summary is not None and not retrying(store.record_progress, claim, summary):
+            monitor.lost.set()
         artifacts = collect_artifacts(folder)
-    except TrainingCancelled:
-        state, error, artifacts = JobState.CANCELLED, None, []
-    except Exception as exc:  # the one error wrapper: the client sees type and message, the log the traceback
+        outcome = "succeeded"
+    except (AttemptLost, TrainingCancelled, HandBack) as stop:
+        outcome = ("lost" if monitor.lost.is_set() else "cancelled" if monitor.cancel.is_set()
+                   else "handback" if monitor.draining.is_set() else "lost")
+        hand_back_reason = str(stop) if isinstance(stop, HandBack) else "its worker shut down mid-epoch"
+    except SQLAlchemyError as exc:
+        if not is_transient_db_error(exc):
+            log.exception("job %s failed", job_id)
+            outcome, error = "failed", error_for_user(exc)
+        else:
+            log.error("job %s: the database stayed away for over %g s; leaving the job to the reaper",
+                      job_id, settings.stale_after_seconds)
+            outcome = "abandoned"
+    except Exception as exc:  # the one error wrapper: the client sees one line, the log the traceback
         log.exception("job %s failed", job_id)
-        state, error, artifacts = JobState.FAILED, (type(exc).__name__, str(exc)[:4000] or type(exc).__name__), []
+        outcome, error = "failed", error_for_user(exc)
     finally:
         monitor.end()
-        lost = monitor.lost.is_set()
-    if lost or not store.finish(claim, state, error=error, artifacts=artifacts):
-        log.warning("job %s: attempt %d lost the job before finishing; its result is discarded", job_id, claim.attempt)
+    if monitor.lost.is_set():
+        outcome = "lost"
+    try:
+        if outcome == "handback":
+            retrying(store.hand_back, claim, hand_back_reason)
+            log.info("job %s: handed back to the queue (%s)", job_id, hand_back_reason)
+            return None
+        if outcome in ("succeeded", "failed", "cancelled"):
+            state = JobState(outcome)
+            if retrying(store.finish, claim, state, error=error, artifacts=artifacts):
+                log.info("job %s: %s", job_id, state.value)
+                prune_attempt_folders(job_id)
+                return state
+            outcome = "lost"
+    except SQLAlchemyError as exc:
+        log.error("job %s: could not record its end (%s); the reaper requeues it", job_id, type(exc).__name__)
         return None
-    log.info("job %s: %s", job_id, state.value)
-    return state
+    if outcome == "lost":
+        log.warning("job %s: attempt %d lost the job before finishing; its result is discarded", job_id, claim.attempt)
+        prune_attempt_folders(job_id)
+    return None
 
 
-@app.task(name="latentforge.run_job", ignore_result=True)
-def run_job(job_id: str) -> None:
+@app.task(name=TASK_NAME, ignore_result=True)
+def run_job(*args: Any, **kwargs: Any) -> None:
+    job_id = parse_job_id(args, kwargs)
+    if job_id is None:
+        drop_message(ascii((args, kwargs))[:200])
+        return
     execute_job(job_id)
 
 
 @signals.worker_ready.connect
 def _on_worker_ready(**_: Any) -> None:
     check_schema(engine)
+    if settings.worker_nice and hasattr(os, "nice"):
+        os.nice(settings.worker_nice)  # below the API and other services on this host
     monitor.start()
     log.info("worker %s ready (queues %s)", WORKER_NAME, monitor.queues)
 
 
 @signals.worker_shutting_down.connect
+def _on_worker_shutting_down(**_: Any) -> None:
+    monitor.drain()
+
+
+@signals.worker_shutdown.connect
 def _on_worker_shutdown(**_: Any) -> None:
     monitor.stop()

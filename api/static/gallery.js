@@ -43,24 +43,40 @@ async function showThumbnail(row, jobId) {
   cell.replaceChildren(img);
 }
 
-function follow(root, onEnd) {
-  const jobId = root.dataset.jobId;
-  const source = new EventSource(API + "/jobs/" + jobId + "/events");
+const LIVE = new Set(["queued", "running"]);
+
+// One stream for every live job on the page, however many rows it shows:
+// a browser allows six connections per host, and a stream per row would use them all.
+function followPage() {
+  const byId = new Map();
+  document.querySelectorAll("[data-job-id]").forEach((root) => {
+    if (!LIVE.has(root.dataset.state)) return;
+    if (!byId.has(root.dataset.jobId)) byId.set(root.dataset.jobId, []);
+    byId.get(root.dataset.jobId).push(root);
+  });
+  if (!byId.size) return null;
+  const pending = new Set(byId.keys());
+  // A loss chart on the page wants each job's history in the stream's first event (after a reconnect too).
+  const history = document.getElementById("loss-chart") ? "&history=1" : "";
+  const source = new EventSource(API + "/events?jobs=" + Array.from(byId.keys()).slice(0, 100).join(",") + history);
+  const each = (data, fn) => (byId.get(data.id) || []).forEach(fn);
   source.addEventListener("progress", (event) => {
     const data = JSON.parse(event.data);
-    updateProgress(root, data);
-    root.dispatchEvent(new CustomEvent("lf:progress", { detail: data }));
+    each(data, (root) => {
+      updateProgress(root, data);
+      root.dispatchEvent(new CustomEvent("lf:progress", { detail: data }));
+    });
   });
   source.addEventListener("end", (event) => {
-    source.close();
     const data = JSON.parse(event.data);
-    updateProgress(root, data);
-    if (onEnd) onEnd(data);
+    pending.delete(data.id);
+    each(data, (root) => {
+      updateProgress(root, data);
+      root.dispatchEvent(new CustomEvent("lf:end", { detail: data }));
+    });
+    if (!pending.size) source.close(); // otherwise the browser would reconnect to a finished stream
   });
-  source.onerror = () => {
-    // The browser reconnects on its own; give up only when the page is going away.
-    if (source.readyState === EventSource.CLOSED) source.close();
-  };
+  // On an error the browser reconnects by itself (the server also ends each stream after a while).
   return source;
 }
 
@@ -75,27 +91,14 @@ function wireCompare() {
   });
 }
 
-function rememberToken() {
-  // Type the API token once per tab: every form's token field is filled from it.
-  const fields = document.querySelectorAll('input[name="api_token"]');
-  const saved = sessionStorage.getItem("latentforge-token");
-  fields.forEach((field) => {
-    if (saved && !field.value) field.value = saved;
-    field.addEventListener("change", () => {
-      sessionStorage.setItem("latentforge-token", field.value);
-      fields.forEach((other) => { if (!other.value) other.value = field.value; });
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("table.runs tr[data-job-id]").forEach((row) => {
+    row.addEventListener("lf:end", (event) => {
+      if (event.detail.state === "succeeded") showThumbnail(row, row.dataset.jobId);
     });
   });
-}
-
-document.addEventListener("DOMContentLoaded", () => {
-  rememberToken();
-  document.querySelectorAll("table.runs tr[data-job-id]").forEach((row) => {
-    if (row.dataset.state === "queued" || row.dataset.state === "running") {
-      follow(row, (data) => { if (data.state === "succeeded") showThumbnail(row, row.dataset.jobId); });
-    }
-  });
   wireCompare();
+  window.LatentForge.stream = followPage();
 });
 
-window.LatentForge = { follow, updateProgress };
+window.LatentForge = { followPage, updateProgress };
