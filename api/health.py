@@ -40,7 +40,8 @@ def health() -> Any:
         if not live:
             raise RuntimeError("no worker has sent a heartbeat recently")
         return {"count": len(live), "items": [
-            {"hostname": w.hostname, "queues": w.queues, "last_seen": w.last_seen.isoformat(), "current_job": w.current_job}
+            {"hostname": w.hostname, "queues": w.queues, "last_seen": w.last_seen.isoformat(), "current_job": w.current_job,
+             "draining": w.draining, "dropped_messages": w.dropped_messages}
             for w in live
         ]}
 

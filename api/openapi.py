@@ -8,7 +8,9 @@ from flask import Blueprint, jsonify
 
 from api import API_PREFIX
 from api.schemas import JobCreate, JobList, JobOut, ProblemOut
-from shared.specs import EmbedSpec, SampleSpec, TrainSpec
+from api.streams import MAX_JOBS_PER_STREAM
+from shared.db import JobState
+from shared.specs import EmbedSpec, JobKind, SampleSpec, TrainSpec
 
 bp = Blueprint("openapi", __name__)
 
@@ -35,72 +37,125 @@ def _json(model: str, description: str) -> dict[str, Any]:
 
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 BEARER = [{"bearer": []}]
+READ = [{"bearer": []}, {"session": []}]
+
+
+def _responses(ok: dict[str, Any], **problems: str) -> dict[str, Any]:
+    """The route's own answers plus those every route may give: no token (when the server has
+    one), an over-long request line (answered by the HTTP server itself, as text), and a
+    database outage."""
+    responses = {**ok, **{code: _problem(text) for code, text in problems.items()}}
+    responses.setdefault("401", _problem("missing or wrong token (when the server has LATENTFORGE_API_TOKEN)"))
+    responses["414"] = {"description": "request line longer than 4094 bytes (answered by gunicorn, as text/html)"}
+    responses["503"] = {**_problem("the database is unavailable; retry after the Retry-After seconds"),
+                        "headers": {"Retry-After": {"schema": {"type": "integer"}}}}
+    return responses
+
+
+def _filter(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "allowEmptyValue": True,
+            "schema": schema, "description": description + "; an empty value means no filter"}
+
+
+STREAM = {"description": "events 'progress' (the job's state, attempts, error and latest progress) and a final"
+                         " 'end' per job; ': keep-alive' comments while nothing changes; the server ends a stream"
+                         " after LATENTFORGE_STREAM_MAX_SECONDS and the client reconnects",
+          "content": {"text/event-stream": {"schema": {"type": "string"}}}}
 
 
 def build_document() -> dict[str, Any]:
+    kinds = [k.value for k in JobKind]
+    states = [s.value for s in JobState]
     return {
         "openapi": "3.1.0",
         "info": {"title": "LatentForge API", "version": "1",
-                 "description": "Queue train, embed and sample jobs on autoencoders and fetch their artifacts."},
+                 "description": "Queue train, embed and sample jobs on autoencoders and fetch their artifacts."
+                                " With LATENTFORGE_API_TOKEN set, every route but /health needs"
+                                " 'Authorization: Bearer <token>' (the scheme word in any case); reads also"
+                                " accept the gallery's session cookie, and LATENTFORGE_PUBLIC_READ=1 opens them."},
         "servers": [{"url": API_PREFIX}],
+        "security": READ,
         "components": {
             "schemas": _schemas(),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "needed for writes when the server has LATENTFORGE_API_TOKEN"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "needed when the server has LATENTFORGE_API_TOKEN"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "lf_session",
+                            "description": "the gallery's sign-in session (reads only)"},
+            },
         },
         "paths": {
             "/jobs": {
                 "post": {
                     "summary": "Submit a job", "operationId": "createJob", "security": BEARER,
                     "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                                    "schema": {"type": "string", "maxLength": 200},
-                                    "description": "a retried POST with the same key returns the same job"}],
+                                    "schema": {"type": "string", "minLength": 1, "maxLength": 200,
+                                               "pattern": "^[\\x20-\\x7e]{1,200}$"},
+                                    "description": "a retried POST with the same key and body returns the same job"
+                                                   " (200, Idempotent-Replayed: true); the same key with another body"
+                                                   " is a 422; an empty or non-ASCII key is a 400"}],
                     "requestBody": {"required": True, "content": {"application/json": {
                         "schema": {"$ref": REF.format(model="JobCreate")},
                         "examples": {"seed": {"value": {"kind": "train", "spec": {"preset": "seed", "epochs": 5}}}},
                     }}},
-                    "responses": {"201": _json("JobOut", "the job, queued"), "200": _json("JobOut", "an idempotent replay"),
-                                  "400": _problem("malformed JSON"), "401": _problem("missing or wrong token"),
-                                  "409": _problem("parent job not finished"), "413": _problem("body over 1 MiB"),
-                                  "415": _problem("body is not JSON"), "422": _problem("invalid fields (listed)")},
+                    "responses": _responses(
+                        {"201": _json("JobOut", "the job, queued"), "200": _json("JobOut", "an idempotent replay")},
+                        **{"400": "malformed JSON or a bad Idempotency-Key", "409": "parent job not finished",
+                           "413": "body over 1 MiB", "415": "body is not JSON", "422": "invalid fields (listed)"}),
                 },
                 "get": {
                     "summary": "List jobs, newest first", "operationId": "listJobs",
                     "parameters": [
-                        {"name": "kind", "in": "query", "schema": {"type": "string", "enum": ["train", "embed", "sample"]}},
-                        {"name": "state", "in": "query", "schema": {"type": "string", "enum": [
-                            "queued", "running", "succeeded", "failed", "cancelled"]}},
-                        {"name": "parent", "in": "query", "schema": {"type": "string", "format": "uuid"}},
-                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                        _filter("kind", {"type": "string", "enum": [*kinds, ""]}, "only jobs of this kind"),
+                        _filter("state", {"type": "string", "enum": [*states, ""]}, "only jobs in this state"),
+                        _filter("parent", {"type": "string", "format": "uuid"}, "only children of this job"),
+                        {"name": "limit", "in": "query", "description": "ASCII digits only",
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"},
+                         "description": "next_cursor of the previous page"},
                     ],
-                    "responses": {"200": _json("JobList", "a page of jobs"), "400": _problem("bad query parameter")},
+                    "responses": _responses({"200": _json("JobList", "a page of jobs")}, **{"400": "bad query parameter"}),
                 },
             },
             "/jobs/{job_id}": {"get": {"summary": "A job with progress and artifacts", "operationId": "getJob",
                                        "parameters": [JOB_ID],
-                                       "responses": {"200": _json("JobOut", "the job"), "404": _problem("no such job")}}},
+                                       "responses": _responses({"200": _json("JobOut", "the job")},
+                                                               **{"404": "no such job"})}},
             "/jobs/{job_id}/cancel": {"post": {
                 "summary": "Cancel a job", "operationId": "cancelJob", "parameters": [JOB_ID], "security": BEARER,
-                "responses": {"202": _json("JobOut", "cancelled (queued) or asked to stop (running)"),
-                              "401": _problem("missing or wrong token"), "404": _problem("no such job"),
-                              "409": _problem("the job has already finished")}}},
+                "responses": _responses({"202": _json("JobOut", "cancelled (queued) or asked to stop (running)")},
+                                        **{"404": "no such job", "409": "the job has already finished"})}},
             "/jobs/{job_id}/events": {"get": {
-                "summary": "Server-Sent Events of the job's progress until it ends", "operationId": "jobEvents",
+                "summary": "Server-Sent Events of one job's progress until it ends", "operationId": "jobEvents",
                 "parameters": [JOB_ID],
-                "responses": {"200": {"description": "events 'progress' and a final 'end'",
-                                      "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                              "404": _problem("no such job")}}},
+                "responses": _responses({"200": STREAM}, **{"404": "no such job",
+                                                            "503": "too many open streams in this server process"})}},
+            "/events": {"get": {
+                "summary": "One stream of Server-Sent Events for many jobs (a page's live rows)",
+                "operationId": "manyJobEvents",
+                "parameters": [
+                    {"name": "jobs", "in": "query", "required": True, "schema": {"type": "string"},
+                     "description": f"1 to {MAX_JOBS_PER_STREAM} job ids, comma-separated; unknown ids are ignored"},
+                    {"name": "history", "in": "query", "schema": {"type": "integer", "enum": [0, 1], "default": 0},
+                     "description": "1: the first event of each job carries its per-epoch history"},
+                ],
+                "responses": _responses({"200": STREAM}, **{"400": "bad jobs or history parameter",
+                                                            "503": "too many open streams in this server process"})}},
             "/artifacts/{artifact_id}": {"get": {
                 "summary": "Download an artifact", "operationId": "getArtifact",
                 "parameters": [{"name": "artifact_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}],
-                "responses": {"200": {"description": "the file, with its content type, ETag (sha256) and length"},
-                              "304": {"description": "not modified (If-None-Match)"},
-                              "404": _problem("no such artifact"), "410": _problem("file no longer stored")}}},
-            "/health": {"get": {"summary": "Database, broker and worker status", "operationId": "health",
-                                "responses": {"200": {"description": "all up"}, "503": {"description": "one is down"}}}},
+                "responses": _responses(
+                    {"200": {"description": "the file, with its content type, ETag (its sha256) and length"},
+                     "304": {"description": "not modified (If-None-Match)"}},
+                    **{"404": "no such artifact",
+                       "410": "the file is no longer stored, or its bytes no longer match the recorded sha256"})}},
+            "/health": {"get": {"summary": "Database, broker and worker status (no token needed)", "operationId": "health",
+                                "security": [],
+                                "responses": {"200": {"description": "all up"},
+                                              "414": {"description": "request line too long (gunicorn, text)"},
+                                              "503": {"description": "the database, the broker or every worker is down"}}}},
             "/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
-                                      "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+                                      "responses": _responses({"200": {"description": "OpenAPI 3.1"}})}},
         },
     }
 

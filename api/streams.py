@@ -168,12 +168,13 @@ def _events(watcher: JobWatcher, sub: Subscription | None, first: list[dict[str,
         if sub is None:
             return
         deadline = time.monotonic() + max_seconds
+        keepalive_s = min(KEEPALIVE_S, max_seconds / 3)
         while live:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return  # the client reconnects and gets a fresh first event
             try:
-                event = sub.events.get(timeout=min(KEEPALIVE_S, remaining))
+                event = sub.events.get(timeout=min(keepalive_s, remaining))
             except queue.Empty:
                 yield ": keep-alive\n\n"
                 continue

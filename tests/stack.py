@@ -109,6 +109,10 @@ class Stack:
         self.procs: dict[str, subprocess.Popen] = {}
         self.url = ""
 
+    @property
+    def database_url(self) -> str:
+        return self.env.get("LATENTFORGE_DATABASE_URL") or f"sqlite:///{self.home / 'latentforge.db'}"
+
     # -- processes ------------------------------------------------------------------------
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -144,7 +144,7 @@ def test_services_images_and_healthchecks(services):
     assert healthcheck_argv(services["postgres"])[:3] == ["pg_isready", "-U", "latentforge"]
     assert healthcheck_argv(services["worker"]) == ["latentforge", "health", "--worker"]
     api_check = " ".join(healthcheck_argv(services["api"]))
-    assert "urllib" in api_check and "http://127.0.0.1:8000/api/v1/openapi.json" in api_check
+    assert "urllib" in api_check and "http://127.0.0.1:8000/api/v1/health" in api_check
 
 
 def test_commands_builds_and_start_order(services):
@@ -373,10 +373,11 @@ def test_compose_services_run_natively(services, tmp_path, mnist_dir):
             procs.start("api", argv(services["api"]["command"]), env["api"])
             procs.start("worker", argv(services["worker"]["command"]), env["worker"])
             url = f"http://127.0.0.1:{port}/api/v1"
+            auth = {"Authorization": f"Bearer {host.token}"}
 
             def answers() -> bool:
                 try:
-                    return requests.get(url + "/openapi.json", timeout=2).status_code == 200
+                    return requests.get(url + "/openapi.json", headers=auth, timeout=2).status_code == 200
                 except requests.RequestException:
                     return False
 
@@ -392,6 +393,7 @@ def test_compose_services_run_natively(services, tmp_path, mnist_dir):
                     time.sleep(1)
             assert "1 live worker(s)" in check.stdout, check.stdout
 
+            assert requests.get(url + "/jobs", timeout=30).status_code == 401  # reads need the token too
             body = {"kind": "train", "spec": {"epochs": 1, "device": "cpu"}}
             anonymous = requests.post(url + "/jobs", json=body, timeout=30)
             assert anonymous.status_code == 401, anonymous.text
@@ -399,7 +401,6 @@ def test_compose_services_run_natively(services, tmp_path, mnist_dir):
             wrong = requests.post(url + "/jobs", json=body, headers={"Authorization": "Bearer nope"}, timeout=30)
             assert wrong.status_code == 401, wrong.text
 
-            auth = {"Authorization": f"Bearer {host.token}"}
             created = requests.post(url + "/jobs", json=body, headers=auth, timeout=30)
             assert created.status_code == 201, created.text
             job_id = created.json()["id"]
@@ -408,7 +409,7 @@ def test_compose_services_run_natively(services, tmp_path, mnist_dir):
             job = created.json()
             while job["state"] not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
                 time.sleep(0.5)
-                response = requests.get(f"{url}/jobs/{job_id}", timeout=30)
+                response = requests.get(f"{url}/jobs/{job_id}", headers=auth, timeout=30)
                 assert response.status_code == 200, response.text
                 job = response.json()
             assert job["state"] == "succeeded", f"{job}\n{procs.all_logs()}"
@@ -416,10 +417,10 @@ def test_compose_services_run_natively(services, tmp_path, mnist_dir):
 
             # The worker wrote the checkpoint into the shared folder; the API serves it from there.
             checkpoint = next(a for a in job["artifacts"] if a["name"] == "model.safetensors")
-            on_disk = artifacts / "jobs" / job_id / "model.safetensors"
+            on_disk = artifacts / "jobs" / job_id / f"run-{job['attempts']}" / "model.safetensors"
             assert on_disk.is_file()
             assert hashlib.sha256(on_disk.read_bytes()).hexdigest() == checkpoint["sha256"]
-            download = requests.get(f"http://127.0.0.1:{port}{checkpoint['url']}", timeout=30)
+            download = requests.get(f"http://127.0.0.1:{port}{checkpoint['url']}", headers=auth, timeout=30)
             assert download.status_code == 200
             assert hashlib.sha256(download.content).hexdigest() == checkpoint["sha256"]
 

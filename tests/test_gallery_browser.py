@@ -56,14 +56,28 @@ class Console:
         page.on("dialog", lambda d: (self.problems.append(f"{page.url}: dialog {d.message}"), d.dismiss()))
 
 
+def sign_in(page, stack, token: str = TOKEN, *, go: bool = True) -> None:
+    if go:
+        page.goto(stack.url + "/signin")
+    page.locator("#signin-form [name=token]").fill(token)
+    with page.expect_navigation():
+        page.locator("#signin-form button[type=submit]").click()
+
+
 @pytest.fixture()
-def page(browser):
+def anonymous_page(browser):
     context = browser.new_context(viewport={"width": 1300, "height": 900})
     page = context.new_page()
     page.console = Console(page)
     yield page
     assert page.console.problems == [], page.console.problems
     context.close()
+
+
+@pytest.fixture()
+def page(anonymous_page, stack):
+    sign_in(anonymous_page, stack)
+    return anonymous_page
 
 
 def shot(page, name: str) -> None:
@@ -85,7 +99,6 @@ def submit_train_form(page, stack, **fields) -> str:
     form = page.locator("#train-form")
     for name, value in fields.items():
         form.locator(f"[name={name}]").fill(str(value))
-    form.locator("[name=api_token]").fill(TOKEN)
     with page.expect_navigation():
         form.locator("button[type=submit]").click()
     match = re.search(r"/runs/([0-9a-f-]{36})$", page.url)
@@ -160,14 +173,13 @@ def test_seed_run_from_the_form_then_compare_and_explore(stack, page):
     shot(page, "explorer")
 
     # ...and equal, within 1/255 per pixel, to the server's decode of the same points.
-    page.locator("#server-decode [name=api_token]").fill(TOKEN)
     with page.expect_navigation():
         page.locator("#decode-on-server").click()
     sample_id = re.search(r"/runs/([0-9a-f-]{36})$", page.url).group(1)
     sample = stack.wait_job(sample_id)
     assert sample["state"] == "succeeded" and sample["spec"]["latent_coords"] == [d["z"] for d in browser_decodes]
     images_url = next(a["url"] for a in sample["artifacts"] if a["name"] == "images.npy")
-    server = np.load(io.BytesIO(requests.get(stack.url + images_url, timeout=30).content))
+    server = np.load(io.BytesIO(requests.get(stack.url + images_url, headers=stack.headers(), timeout=30).content))
     for decoded, image in zip(browser_decodes, server):
         server_pixels = np.round(np.clip(image.reshape(-1), 0, 1) * 255)
         assert np.abs(server_pixels - np.array(decoded["pixels"])).max() <= 1
@@ -191,30 +203,60 @@ def test_names_render_as_text_never_as_markup(stack, page):
     for url in ("/", f"/runs/{job['id']}", f"/compare?ids={job['id']}"):
         page.goto(stack.url + url)
         assert page.get_by_text(hostile).first.is_visible()
-        html = requests.get(stack.url + url, timeout=30).text
+        html = requests.get(stack.url + url, headers=stack.headers(), timeout=30).text
         assert hostile not in html and "&lt;script&gt;" in html
         assert page.locator("img[src=x]").count() == 0
     shot(page, "escaped-name")
 
 
 def test_pages_send_a_csp_they_satisfy_and_forms_need_csrf(stack, page):
-    response = requests.get(stack.url + "/", timeout=30)
+    response = requests.get(stack.url + "/", headers=stack.headers(), timeout=30)
     csp = response.headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
     assert "<script>" not in response.text and " style=" not in response.text  # nothing inline to allow
-    # A form post without the CSRF cookie and field is refused, and queues nothing.
+    # A form post of a signed-in browser without the CSRF field is refused, and queues nothing.
     before = len(stack.get("/jobs?limit=200").json()["items"])
-    forged = requests.post(stack.url + "/runs", data={"kind": "train", "epochs": "1", "api_token": TOKEN}, timeout=30)
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    assert "lf_session" in cookies
+    forged = requests.post(stack.url + "/runs", data={"kind": "train", "epochs": "1"}, cookies=cookies, timeout=30)
     assert forged.status_code == 403 and "CSRF" in forged.text
     assert len(stack.get("/jobs?limit=200").json()["items"]) == before
-    # A form post with a wrong token is refused too.
+
+
+def test_a_token_guards_every_page_until_sign_in_and_sign_out_ends_it(stack, anonymous_page):
+    page = anonymous_page
+    job = stack.submit("train", {"epochs": 1, "device": "cpu"}, name="guarded")
+    # Reads need the token too: pages send the browser to the sign-in page, the API answers 401.
+    for path in ("/", f"/runs/{job['id']}", f"/compare?ids={job['id']}"):
+        page.goto(stack.url + path)
+        assert "/signin" in page.url and page.locator("#signin-form").count() == 1
+    assert requests.get(stack.url + f"/api/v1/jobs/{job['id']}", timeout=30).status_code == 401
+    assert requests.get(stack.url + "/api/v1/health", timeout=30).status_code in (200, 503)  # open on purpose
+    # A wrong token signs nobody in.
+    sign_in(page, stack, "wrong")
+    assert page.locator("#signin-form").count() == 1 and "not valid" in page.content()
+    page.console.problems.clear()  # Chromium logs the 401 of the page itself
+    # The right one, once: the session cookie is signed, HttpOnly and SameSite=Strict, and it
+    # opens the page it was asked for, its API reads (images, progress) but not JSON writes.
+    page.goto(stack.url + f"/runs/{job['id']}")
+    sign_in(page, stack, go=False)
+    assert page.url.endswith(f"/runs/{job['id']}") and page.locator("#run").count() == 1
+    session = next(c for c in page.context.cookies() if c["name"] == "lf_session")
+    assert session["httpOnly"] and session["sameSite"] == "Strict"
+    api = page.request.get(stack.url + f"/api/v1/jobs/{job['id']}")
+    assert api.status == 200 and api.json()["name"] == "guarded"
+    assert page.request.post(stack.url + "/api/v1/jobs", data={"kind": "train"}).status == 401
+    # Signed out, the pages need the token again.
+    with page.expect_navigation():
+        page.locator("#signout").click()
     page.goto(stack.url + "/")
-    form = page.locator("#train-form")
-    form.locator("[name=api_token]").fill("wrong")
-    form.locator("button[type=submit]").click()
-    page.wait_for_load_state()
-    assert "needs its API token" in page.content()
-    page.console.problems.clear()  # the 401 page load itself is logged by Chromium
+    assert "/signin" in page.url
+    # An open redirect through ?next= is refused.
+    page.goto(stack.url + "/signin?next=//evil.example/")
+    page.locator("#signin-form [name=token]").fill(TOKEN)
+    with page.expect_navigation():
+        page.locator("#signin-form button[type=submit]").click()
+    assert page.url == stack.url + "/"
 
 
 def test_invalid_form_input_is_shown_next_to_the_form(stack, page):
@@ -222,7 +264,6 @@ def test_invalid_form_input_is_shown_next_to_the_form(stack, page):
     form = page.locator("#train-form")
     form.locator("[name=epochs]").fill("0")
     form.locator("[name=lr]").fill("fast")
-    form.locator("[name=api_token]").fill(TOKEN)
     form.locator("button[type=submit]").click()
     page.wait_for_load_state()
     errors = page.locator(".errors li").all_inner_texts()

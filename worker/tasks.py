@@ -429,7 +429,7 @@ def execute_job(job_id: str) -> JobState | None:
     if claim is None:
         log.info("job %s: not claimable (already taken, finished or cancelled); message dropped", job_id)
         return None
-    log.info("job %s: %s, attempt %d", job_id, claim.kind, claim.attempt)
+    log.info("job %s: %s, attempt %d, lease %d", job_id, claim.kind, claim.attempt, claim.lease)
     folder = settings.artifact_dir / claim.folder
     prune_attempt_folders(job_id)
     monitor.begin(claim)
