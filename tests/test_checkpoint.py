@@ -136,3 +136,23 @@ def test_exported_codes_are_the_training_set(trained_run, mnist_train):
     with torch.no_grad():
         first = model.encode(torch.from_numpy(mnist_train.images[:5]).float().div(255)).numpy()
     np.testing.assert_allclose(tensors["codes"][:5], first, atol=1e-5)
+
+
+def test_safetensors_bytes_are_the_same_in_every_process(tmp_path):
+    """safetensors orders metadata by a per-process random hash; ours sorts it (a resumed
+    job's weights must have the sha256 of an uninterrupted run's)."""
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    code = ("import sys, torch; from pathlib import Path; from worker.checkpoint import write_safetensors;"
+            "write_safetensors(Path(sys.argv[1]), {'b': torch.arange(6.).reshape(2, 3), 'a': torch.ones(3)},"
+            " {'zeta': '1', 'alpha': '2', 'layers': '[{\"in\": 2}]', 'm': 'x'})")
+    paths = [tmp_path / f"{i}.safetensors" for i in range(4)]
+    for path in paths:
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+    assert len({path.read_bytes() for path in paths}) == 1
+    with safe_open(str(paths[0]), framework="pt") as f:
+        assert f.metadata() == {"zeta": "1", "alpha": "2", "layers": '[{"in": 2}]', "m": "x"}
+        assert f.get_tensor("b").tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]

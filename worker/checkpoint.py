@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from worker.files import atomic_path, write_json, write_jsonl
@@ -54,12 +55,36 @@ def library_versions() -> dict[str, str]:
     }
 
 
+def canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """safetensors bytes that are the same in every process for the same tensors and metadata.
+
+    Why: safetensors writes ``__metadata__`` from a Rust HashMap, whose order
+    is randomised per process, so a resumed job's weights (bit-identical
+    tensors) came out as different bytes with a different sha256. The header
+    is rewritten with the metadata keys sorted; it keeps its length, so the
+    tensor offsets stay valid.
+    """
+    data = safetensors_bytes(tensors, metadata=metadata)
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    meta = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | header
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > length:  # cannot happen for the same items; never write a broken file
+        raise CheckpointError("canonical safetensors header is longer than the original")
+    return data[:8] + text.ljust(length, b" ") + data[8 + length :]
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(canonical_safetensors(tensors, metadata))
+
+
 def save_weights(model: nn.Module, path: Path) -> None:
     # clone(): training keeps parameters as views of one buffer; safetensors
     # refuses tensors that share memory.
     tensors = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "latentforge": FORMAT})
+    write_safetensors(path, tensors, {"format": "pt", "latentforge": FORMAT})
 
 
 def export_decoder(model: nn.Module, path: Path) -> Path:
@@ -82,8 +107,7 @@ def export_decoder(model: nn.Module, path: Path) -> Path:
         "latent_dim": str(model.config.latent_dim),
         "input_shape": json.dumps(list(model.config.input_shape)),
     }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    write_safetensors(path, tensors, metadata)
     return path
 
 
@@ -91,8 +115,7 @@ def export_codes(codes: np.ndarray, labels: np.ndarray, path: Path) -> Path:
     """Codes of the training set with their labels (the explorer's background)."""
     tensors = {"codes": torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32)),
                "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.uint8))}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "latentforge.codes/1"})
+    write_safetensors(path, tensors, {"format": "latentforge.codes/1"})
     return path
 
 
@@ -192,7 +215,7 @@ def save_training_state(folder: str | os.PathLike, state: "TrainState") -> dict[
     }
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        save_file(tensors, str(staging / RESUME_TENSORS), metadata={"epoch": str(state.epoch)})
+        (staging / RESUME_TENSORS).write_bytes(canonical_safetensors(tensors, {"epoch": str(state.epoch)}))
         write_json(staging / RESUME_META, meta)
         digests = {name: sha256_of(staging / name) for name in (RESUME_TENSORS, RESUME_META)}
         os.chmod(staging, 0o755)

@@ -34,6 +34,7 @@ from worker.files import write_jsonl
 from worker.models import ModelConfig, decode_points, encode_all
 from worker.train import (
     EpochMetrics,
+    TrainingCancelled,
     TrainState,
     format_progress,
     images_to_tensor,
@@ -165,6 +166,8 @@ def run_training(
             on_epoch(st, metrics)
 
     train(spec, state, train_x, test_x, on_epoch=after_epoch, should_stop=should_stop)
+    if should_stop is not None and should_stop():  # cancelled or lost meanwhile: no figures for nobody
+        raise TrainingCancelled(f"stopped after epoch {state.epoch}, before the figures")
     train_seconds = time.perf_counter() - started
     history = [m.to_dict() for m in state.history]
     last = state.history[-1]

@@ -70,8 +70,17 @@ def parse_attempts(logs: dict[str, str]) -> dict[str, list[Attempt]]:
 
 
 def overlapping(attempts: list[Attempt]) -> bool:
-    spans = sorted(a.span for a in attempts if a.span)
-    return any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+    """Two attempts worked at the same time: each has a work line inside the other's span.
+
+    One-sided containment is not concurrency: an attempt frozen (SIGSTOP) while
+    another ran and finished prints nothing in between.
+    """
+    def inside(lines: list[datetime], span: tuple[datetime, datetime]) -> bool:
+        return any(span[0] < when < span[1] for when in lines)
+
+    worked = [a for a in attempts if a.span]
+    return any(inside(x.work, y.span) and inside(y.work, x.span)
+               for i, x in enumerate(worked) for y in worked[i + 1:])
 
 
 @dataclass
