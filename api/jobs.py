@@ -220,20 +220,25 @@ def cancel_job(job_id: str) -> Any:
     return response
 
 
-def event_response(job_ids: list[str], history: bool = True) -> Response:
+def event_response(job_ids: list[str], history: bool = True, *, must_exist: bool = False) -> Response:
+    # The stream reads through its own short session: holding the request's
+    # session meanwhile would take two pooled connections per stream, and a
+    # burst of streams would deadlock the pool.
     svc = services()
     try:
         events = stream_events(svc.watcher, svc.sessions, job_ids, svc.settings.stream_max_seconds, history)
     except TooManyStreams as exc:
         raise Problem(503, "Service Unavailable", f"{exc}; retry shortly", slug="too-many-streams",
                       headers={"Retry-After": "10"}) from None
-    return Response(events, mimetype="text/event-stream",
+    if events is None and must_exist:
+        raise Problem(404, "Not Found", f"no job with id {job_ids[0]}", slug="not-found")
+    return Response(events or iter(()), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @bp.get("/jobs/<job_id>/events")
 def job_events(job_id: str) -> Response:
-    return event_response([get_job_or_404(job_id).id])
+    return event_response([parse_uuid(job_id)], must_exist=True)
 
 
 @bp.get("/events")

@@ -143,13 +143,15 @@ class JobWatcher:
 
 
 def stream_events(watcher: JobWatcher, sessions: sessionmaker, job_ids: list[str], max_seconds: float,
-                  history: bool = True) -> Iterator[str]:
+                  history: bool = True) -> Iterator[str] | None:
     """Open a stream of the jobs' progress: reads their current state now (so a database
     outage is an error before the response starts), then yields SSE text until every
     job has ended or the lifetime is over. With ``history``, the first event of each
-    job carries its per-epoch history."""
+    job carries its per-epoch history. None when no such job exists."""
     with sessions() as session:
         jobs = session.scalars(select(Job).where(Job.id.in_(job_ids))).all()
+        if not jobs:
+            return None
         first = [job_event(job, history=history) for job in jobs]
         revisions = {job.id: job.revision for job in jobs}
     live = {event["id"] for event in first if not JobState(event["state"]).finished}
