@@ -250,7 +250,7 @@ class JobStore:
                 .where(Job.state == JobState.RUNNING.value, Job.worker == worker)
             ).all()
         counts = self._settle(rows, lambda _row: reason, now, Job.worker == worker)
-        self.worker_gone(worker)
+        counts["registered"] = int(self.worker_gone(worker))
         return counts
 
     def reap(self, stale_after_s: float, now: datetime | None = None) -> dict[str, int]:
@@ -380,11 +380,13 @@ class JobStore:
             s.execute(update(Worker).where(Worker.hostname == hostname)
                       .values(dropped_messages=Worker.dropped_messages + 1))
 
-    def worker_gone(self, hostname: str) -> None:
+    def worker_gone(self, hostname: str) -> bool:
+        """Remove the worker's row; False when it had none (it never got ready)."""
         with self.sessions.begin() as s:
             worker = s.get(Worker, hostname)
             if worker is not None:
                 s.delete(worker)
+            return worker is not None
 
     def live_workers(self, stale_after_s: float) -> list[Worker]:
         with self.sessions() as s:

@@ -22,10 +22,10 @@ from shared.settings import Settings
 
 log = logging.getLogger("latentforge.supervisor")
 
-# A child that dies sooner than this after starting counts as a failed start;
-# after FAST_FAILURES of those in a row the supervisor gives up.
-FAST_FAILURE_S = 10.0
-FAST_FAILURES = 5
+# A child that dies before it registered (it never got ready) failed to
+# start: the next try waits longer each time, and after START_FAILURES in a
+# row the supervisor gives up. A child that ran and crashed is replaced at once.
+START_FAILURES = 5
 STOP_MARGIN_S = 30.0  # beyond the shutdown grace: checkpoint, hand-back and exit
 
 
@@ -40,8 +40,11 @@ def death_reason(pid: int, returncode: int) -> str:
     return f"its worker process {pid} exited with status {returncode}"
 
 
-def settle_crash(settings: Settings, worker_name: str, reason: str) -> None:
-    """Requeue (or fail, at its attempt limit) the job the dead child was running."""
+def settle_crash(settings: Settings, worker_name: str, reason: str) -> bool | None:
+    """Requeue (or fail, at its attempt limit) the job the dead child was running.
+
+    Returns whether the child had registered (got ready); None when the database could not say.
+    """
     from shared.db import make_engine, make_sessionmaker
     from shared.jobstore import JobStore
     from shared.queue import make_celery, publish
@@ -52,10 +55,13 @@ def settle_crash(settings: Settings, worker_name: str, reason: str) -> None:
         store = JobStore(make_sessionmaker(engine), lambda job_id, queue: publish(celery_app, job_id, queue),
                          settings.max_attempts)
         counts = store.worker_crashed(worker_name, reason)
+        registered = bool(counts.pop("registered"))
         if any(counts.values()):
             log.warning("worker %s: %s; its job: %s", worker_name, reason, counts)
+        return registered
     except Exception as exc:  # the database may be away: the reaper settles the job later
         log.warning("could not settle the job of %s (%s: %s); the reaper will", worker_name, type(exc).__name__, exc)
+        return None
     finally:
         engine.dispose()
 
@@ -72,9 +78,8 @@ def supervise(child_argv: Sequence[str], settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    fast_failures = 0
+    start_failures = 0
     while True:
-        started = time.monotonic()
         child = subprocess.Popen(list(child_argv))
         returncode, killed = _wait(child, stopping, settings.shutdown_grace_seconds + STOP_MARGIN_S)
         if killed:
@@ -87,12 +92,12 @@ def supervise(child_argv: Sequence[str], settings: Settings) -> int:
             return 0
         reason = death_reason(child.pid, returncode)
         log.error("%s", reason)
-        settle_crash(settings, f"{host}:{child.pid}", reason)
-        fast_failures = fast_failures + 1 if time.monotonic() - started < FAST_FAILURE_S else 0
-        if returncode > 0 and fast_failures >= FAST_FAILURES:
-            log.error("the worker failed to start %d times in a row; giving up", fast_failures)
-            return returncode
-        time.sleep(min(30.0, 2.0 ** fast_failures))
+        registered = settle_crash(settings, f"{host}:{child.pid}", reason)
+        start_failures = 0 if registered else start_failures + 1
+        if start_failures >= START_FAILURES:
+            log.error("the worker failed to start %d times in a row; giving up", start_failures)
+            return returncode if returncode > 0 else 1
+        time.sleep(min(30.0, 0.5 * 2.0 ** start_failures))
 
 
 def _wait(child: subprocess.Popen, stopping: list[int], stop_bound_s: float) -> tuple[int, bool]:

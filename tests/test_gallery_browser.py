@@ -9,6 +9,7 @@ import io
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -271,3 +272,38 @@ def test_invalid_form_input_is_shown_next_to_the_form(stack, page):
     assert any("spec.lr" in e for e in errors)
     assert page.locator("#train-form [name=epochs]").input_value() == "0"  # what the user typed is kept
     page.console.problems.clear()  # Chromium logs the 422 status of the page itself
+
+
+def test_fifty_live_rows_share_one_stream_and_the_page_stays_quick(stack, page):
+    # 50 live rows: one job running and 49 queued behind it (the stack has one worker).
+    runner = stack.submit("train", {"epochs": 400, "device": "cpu"}, name="long runner")
+    stack.wait_job(runner["id"], ("running",), until=lambda j: j["progress"].get("epoch", 0) >= 1)
+    queued = [stack.submit("train", {"epochs": 1, "device": "cpu"}, name=f"waiting {i}") for i in range(49)]
+    streams = []
+    page.on("request", lambda request: streams.append(request.url) if "/events" in request.url else None)
+    try:
+        page.goto(stack.url + "/")
+        assert page.locator("#runs tbody tr[data-state=queued]").count() == 49
+        # The running row advances without a reload...
+        label = f"tr[data-job-id='{runner['id']}'] [data-role=progress-label]"
+        before = page.locator(label).inner_text()
+        page.wait_for_function(f"() => document.querySelector(\"{label}\").textContent !== {json.dumps(before)}",
+                               timeout=30_000)
+        # ...queued rows cancelled elsewhere turn cancelled on the page...
+        for job in queued[:5]:
+            assert stack.post(f"/jobs/{job['id']}/cancel").status_code == 202
+        page.wait_for_function("() => document.querySelectorAll('#runs tr[data-state=cancelled]').length >= 5",
+                               timeout=10_000)
+        # ...all of it over one stream, and links answer at once.
+        assert len(streams) == 1 and streams[0].count(",") == 49, streams
+        shot(page, "fifty-live-rows")
+        for job in queued[10:13]:
+            started = time.monotonic()
+            with page.expect_navigation():
+                page.locator(f"tr[data-job-id='{job['id']}'] td a").first.click()
+            page.wait_for_selector("#run")
+            assert time.monotonic() - started < 1.0
+            page.go_back()
+    finally:
+        for job in [runner, *queued]:
+            stack.post(f"/jobs/{job['id']}/cancel")

@@ -198,18 +198,20 @@ def configure_threads(claim: Claim) -> int:
     """
     import torch
 
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if settings.torch_threads:
-        threads = settings.torch_threads
+        threads, why = settings.torch_threads, "LATENTFORGE_TORCH_THREADS"
     elif claim.checkpoint and claim.checkpoint.get("torch_threads"):
-        threads = int(claim.checkpoint["torch_threads"])
+        threads, why = int(claim.checkpoint["torch_threads"]), "as the attempt it resumes"
     else:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         try:
             workers_here = store.live_workers_on(HOST, settings.stale_after_seconds)
         except SQLAlchemyError:
             workers_here = 1
         threads = max(1, cpus // max(1, workers_here))
+        why = f"{cpus} CPUs, {workers_here} worker(s) on this host"
     torch.set_num_threads(threads)
+    log.info("job %s: %d torch thread(s) (%s)", claim.job_id, threads, why)
     return threads
 
 

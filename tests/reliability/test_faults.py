@@ -324,12 +324,13 @@ def test_a_shutdown_longer_than_its_grace_stops_mid_epoch(fault_stack):
 
 
 def test_sigkill_during_checkpoint_writes_never_loads_a_torn_file(fault_stack):
-    # Each cycle: let the attempt record one epoch, then kill its worker while the next epoch's
-    # resume state is being written (its staging folder exists). The supervisor settles the job at
-    # once and starts a new worker, which must resume from the last recorded epoch.
+    # Each cycle: let the attempt record one epoch, then kill its worker process while the next
+    # epoch's resume state is being written (its staging folder exists). The supervisor settles the
+    # job at once; the other, idle worker takes it and must resume from the last recorded epoch,
+    # while the killed one's replacement starts.
     kills = 20
-    spec = {"epochs": kills + 2, "hidden": [512, 512], "device": "cpu", "seed": 11}
-    stack = fault_stack(workers=1, env={"LATENTFORGE_MAX_ATTEMPTS": str(kills + 1)})
+    spec = {"epochs": kills + 2, "hidden": [384, 384], "device": "cpu", "seed": 11}
+    stack = fault_stack(workers=2, env={"LATENTFORGE_MAX_ATTEMPTS": str(kills + 1)})
     job = stack.submit("train", spec)
     resume_root = stack.home / "artifacts" / "jobs" / job["id"]
     torn = 0
@@ -350,7 +351,7 @@ def test_sigkill_during_checkpoint_writes_never_loads_a_torn_file(fault_stack):
             raise AssertionError("never saw a checkpoint being written")
     done = stack.wait_job(job["id"], timeout=300)
     assert done["state"] == "succeeded" and done["attempts"] == kills + 1, done
-    log = stack.log("worker1")
+    log = stack.log("worker1") + stack.log("worker2")
     assert log.count("resuming after epoch") == kills
     assert "not resuming" not in log  # every recorded checkpoint was whole
     assert sha_of(done) == uninterrupted_sha(stack, spec)  # and twenty resumes still give the same bytes
