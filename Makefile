@@ -7,7 +7,7 @@ RUN_DIR ?= var/runs/seed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run train-seed test bench clean
+.PHONY: install run train-seed test test-reliability bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,9 +30,14 @@ train-seed: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The fault-injection suite alone (private PostgreSQL and Redis servers; prints the fault table).
+test-reliability: $(STAMP)
+	$(PY) -m pytest -m reliability tests/reliability
+
 bench: $(STAMP)
 	$(PY) bench/train_speed.py
 	$(PY) bench/queue_latency.py
+	$(PY) bench/shared_host.py
 
 clean:
 	rm -rf $(VENV) var test-output

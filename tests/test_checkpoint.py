@@ -156,3 +156,65 @@ def test_safetensors_bytes_are_the_same_in_every_process(tmp_path):
     with safe_open(str(paths[0]), framework="pt") as f:
         assert f.metadata() == {"zeta": "1", "alpha": "2", "layers": '[{"in": 2}]', "m": "x"}
         assert f.get_tensor("b").tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_resumed_training_ends_with_the_bytes_of_an_uninterrupted_run(tmp_path, mnist_train, mnist_test, device):
+    """Save the full state after epoch 2, scramble every random stream, resume in a fresh
+    state: epochs 3-4 give the same weights, bit for bit, and the same saved bytes."""
+    import random
+
+    import numpy as np
+
+    from shared.specs import TrainSpec
+    from worker.checkpoint import (load_training_state, save_training_state, save_weights,
+                                   verify_training_state)
+    from worker.models import ModelConfig
+    from worker.train import images_to_tensor, new_state, train
+
+    spec = TrainSpec.from_dict({"epochs": 4, "hidden": [64, 32], "device": device, "seed": 5})
+    config = ModelConfig(kind="ae", input_shape=(28, 28), latent_dim=2, hidden=(64, 32))
+    dev = torch.device(device)
+    x, test_x = images_to_tensor(mnist_train, dev)[:4096], images_to_tensor(mnist_test, dev)[:1024]
+
+    clean = train(spec, new_state(spec, config, dev), x, test_x)
+
+    saved = {}
+
+    def stop_after_two(state, _metrics):
+        if state.epoch == 2:
+            saved.update(save_training_state(tmp_path / "epoch-2", state))
+            raise KeyboardInterrupt  # the process dies here
+
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, new_state(spec, config, dev), x, test_x, on_epoch=stop_after_two)
+    assert verify_training_state(tmp_path / "epoch-2", saved) is None
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)  # a new process's streams differ
+    resumed = new_state(TrainSpec.from_dict({**spec.to_dict(), "seed": 123}), config, dev)
+    assert load_training_state(tmp_path / "epoch-2", resumed) and resumed.epoch == 2
+    train(spec, resumed, x, test_x)
+
+    assert [m.train_loss for m in resumed.history] == [m.train_loss for m in clean.history]
+    save_weights(clean.model, tmp_path / "clean.safetensors")
+    save_weights(resumed.model, tmp_path / "resumed.safetensors")
+    assert (tmp_path / "clean.safetensors").read_bytes() == (tmp_path / "resumed.safetensors").read_bytes()
+
+
+def test_a_torn_or_foreign_resume_state_is_refused(tmp_path, trained_run):
+    from shared.specs import TrainSpec
+    from worker.checkpoint import save_training_state, verify_training_state
+    from worker.models import ModelConfig
+    from worker.train import new_state
+
+    spec = TrainSpec.from_dict({"epochs": 1, "hidden": [8], "device": "cpu"})
+    state = new_state(spec, ModelConfig(kind="ae", input_shape=(28, 28), latent_dim=2, hidden=(8,)), torch.device("cpu"))
+    digests = save_training_state(tmp_path / "epoch-1", state)
+    assert not list(tmp_path.glob(".epoch-1.*")), "the staging folder is renamed into place"
+    tensors = tmp_path / "epoch-1" / "state.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[: tensors.stat().st_size // 2])  # torn
+    assert verify_training_state(tmp_path / "epoch-1", digests) == "state.safetensors does not match its recorded sha256"
+    assert verify_training_state(tmp_path / "nowhere", digests) == "state.safetensors is missing"
+    assert verify_training_state(tmp_path / "epoch-1", {}) == "no sha256 recorded for state.safetensors"
