@@ -193,6 +193,8 @@ def _form_train_spec(form: dict[str, str]) -> dict[str, Any]:
 
 def _number(text: str, kind: type) -> Any:
     try:
+        if not text.isascii():  # int() takes other scripts' digits; the API's rules do not
+            raise ValueError(text)
         return kind(text.strip())
     except ValueError:
         return text.strip()  # left as text: validation names the field

@@ -78,6 +78,10 @@ BAD_BODIES = [
     ({"kind": "sample", "spec": {"model_job": str(uuid.uuid4()), "n": 0}}, "spec.n", "greater than or equal to 1"),
     ({"kind": "train", "name": "x" * 201}, "name", "at most 200 characters"),
     ({"kind": "train", "tags": ["ok", 5]}, "tags.1", "valid string"),
+    ({"kind": "train", "name": "a\u0000b"}, "name", "must not contain control characters (found U+0000 at position 1)"),
+    ({"kind": "train", "name": "bell\u0007"}, "name", "U+0007"),
+    ({"kind": "train", "tags": ["ok", "t\u001bab"]}, "tags.1", "control characters"),
+    ({"kind": "embed", "spec": {"model_job": "0b7c9c6e-3f0e-4c1b-9d8e-2f4b1a3c5d7\u0000"}}, "spec.model_job", "not a job id"),
 ]
 
 
@@ -133,6 +137,18 @@ def test_every_bad_input_is_refused_cleanly_and_leaves_nothing(stack, jobs):
     assert_problem(stack.get("/jobs?kind=eval"), 400, field="kind")
     assert_problem(stack.get("/jobs?parent=x"), 400, field="parent")
     assert_problem(stack.get("/jobs?cursor=%%%"), 400, field="cursor")
+    assert_problem(stack.get("/jobs?limit=%C2%B2"), 400, field="limit")  # '²'.isdigit() is true; int() refuses it
+    assert_problem(stack.get("/jobs?limit=%D9%A1"), 400, field="limit")  # an Arabic-Indic one, which int() takes
+    assert_problem(stack.get("/jobs?limit=+5"), 400, field="limit")
+    assert_problem(stack.get("/jobs?state=%00"), 400, field="state")
+    assert_problem(stack.get("/jobs?parent=%00"), 400, field="parent")
+    assert_problem(stack.get("/jobs/%00"), 404)
+    assert_problem(stack.get("/events?jobs=x"), 400, field="jobs")
+    assert_problem(stack.get("/events"), 400, field="jobs")
+    assert_problem(stack.get(f"/events?jobs={missing}&history=2"), 400, field="history")
+    for key in ("", "caf\u00e9", "a\tb"):
+        assert_problem(stack.post("/jobs", {"kind": "train"}, headers={**stack.headers(), "Idempotency-Key": key.encode("utf-8").decode("latin-1")}),
+                       400, "printable ASCII", field="Idempotency-Key")
     assert_problem(stack.get("/nowhere"), 404)
     assert_problem(requests.delete(stack.url + "/api/v1/jobs", headers=stack.headers(), timeout=10), 405)
 
@@ -156,6 +172,17 @@ def test_writes_with_the_token_work(stack):
 
 def test_openapi_document_describes_the_api(stack):
     doc = stack.get("/openapi.json").json()
+    # Every status the server sends is stated: the database outage and the HTTP server's 414 on every route.
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            assert {"414", "503"} <= set(operation["responses"]), (path, method)
+            if path != "/health":
+                assert "401" in operation["responses"], (path, method)
+    key = doc["paths"]["/jobs"]["post"]["parameters"][0]
+    assert key["name"] == "Idempotency-Key" and key["schema"]["minLength"] == 1 and "400" in doc["paths"]["/jobs"]["post"]["responses"]
+    kinds = next(p for p in doc["paths"]["/jobs"]["get"]["parameters"] if p["name"] == "kind")
+    assert kinds["allowEmptyValue"] and "" in kinds["schema"]["enum"]
+    assert doc["paths"]["/health"]["get"]["security"] == []
     assert doc["openapi"].startswith("3.1")
     assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel", "/jobs/{job_id}/events", "/artifacts/{artifact_id}",
             "/health"} <= set(doc["paths"])
