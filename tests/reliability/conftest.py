@@ -33,6 +33,7 @@ class Row:
 
 
 RESULTS: list[Row] = []
+HANDOVERS: list[tuple[str, str, str]] = []  # (hand-over, sha256 after it, sha256 of an uninterrupted run)
 
 
 def record(fault: str, report: Report, recovery_s: float | None = None, lost: int | None = None) -> None:
@@ -41,11 +42,19 @@ def record(fault: str, report: Report, recovery_s: float | None = None, lost: in
                        len(report.files_overwritten), recovery_s))
 
 
+def record_handover(what: str, resumed_sha: str, uninterrupted_sha: str) -> None:
+    HANDOVERS.append((what, resumed_sha, uninterrupted_sha))
+
+
 def table() -> str:
     lines = ["| fault | jobs | lost | run twice | files overwritten | recovery (s) |", "|---|---:|---:|---:|---:|---:|"]
     for row in RESULTS:
         recovery = "" if row.recovery_s is None else f"{row.recovery_s:.1f}"
         lines.append(f"| {row.fault} | {row.jobs} | {row.lost} | {row.run_twice} | {row.overwritten} | {recovery} |")
+    if HANDOVERS:
+        lines += ["", "| hand-over | model.safetensors sha256 | uninterrupted run | equal |", "|---|---|---|---|"]
+        lines += [f"| {what} | `{got[:16]}…` | `{want[:16]}…` | {'yes' if got == want else 'NO'} |"
+                  for what, got, want in HANDOVERS]
     return "\n".join(lines)
 
 

@@ -16,12 +16,13 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import redis
 import requests
 
-from tests.reliability.conftest import child_pid, frozen, record, wait_for
+from tests.reliability.conftest import child_pid, frozen, record, record_handover, wait_for
 from tests.reliability.invariants import check
 
 pytestmark = pytest.mark.reliability
@@ -84,7 +85,8 @@ def test_a_stale_attempt_never_changes_a_published_file(fault_stack):
         assert response.status_code == 200 and hashlib.sha256(response.content).hexdigest() == published[artifact["name"]]
         assert response.headers["ETag"].strip('"') == artifact["sha256"]
     assert not (stack.home / "artifacts" / "jobs" / job["id"] / "run-1").exists(), "the losing folder is removed"
-    # Item 9: the hand-over after the last epoch ends with the bytes of an uninterrupted run.
+    # The hand-over after the last epoch ends with the bytes of an uninterrupted run.
+    record_handover("SIGSTOP past the stale timeout", published["model.safetensors"], uninterrupted_sha(stack, SMALL))
     assert published["model.safetensors"] == uninterrupted_sha(stack, SMALL)
     report = check(stack, [job["id"]])
     record("worker SIGSTOPped past the stale timeout after its last epoch, then resumed", report, recovery)
@@ -103,6 +105,7 @@ def test_sigkill_mid_training_hands_over_to_the_same_bytes(fault_stack):
     recovery = time.monotonic() - killed
     done = stack.wait_job(job["id"])
     assert done["state"] == "succeeded" and done["attempts"] == 2, (resumed, done)
+    record_handover("SIGKILL of the worker's host", sha_of(done), uninterrupted_sha(stack, spec))
     assert sha_of(done) == uninterrupted_sha(stack, spec)
     report = check(stack, [job["id"]])
     record("worker host SIGKILLed mid-training", report, recovery)
@@ -293,6 +296,7 @@ def test_sigterm_finishes_the_epoch_then_hands_the_job_back(fault_stack):
     done = stack.wait_job(job["id"], timeout=300)
     assert done["state"] == "succeeded" and done["attempts"] == 1, done  # a hand-over spends no attempt
     assert "reaper" not in stack.log("worker1") + stack.log("worker2")  # never requeued as lost
+    record_handover("SIGTERM (warm shutdown)", sha_of(done), uninterrupted_sha(stack, LONG_EPOCHS))
     assert sha_of(done) == uninterrupted_sha(stack, LONG_EPOCHS)
     report = check(stack, [job["id"]])
     record(f"SIGTERM mid-epoch (epochs of {first_epoch_s:.0f} s > stale timeout)", report, exit_s)
@@ -354,6 +358,7 @@ def test_sigkill_during_checkpoint_writes_never_loads_a_torn_file(fault_stack):
     log = stack.log("worker1") + stack.log("worker2")
     assert log.count("resuming after epoch") == kills
     assert "not resuming" not in log  # every recorded checkpoint was whole
+    record_handover(f"{kills} SIGKILLs during checkpoint writes", sha_of(done), uninterrupted_sha(stack, spec))
     assert sha_of(done) == uninterrupted_sha(stack, spec)  # and twenty resumes still give the same bytes
     report = check(stack, [job["id"]])
     record(f"worker SIGKILLed {torn} times while writing a checkpoint", report)
@@ -477,3 +482,18 @@ def test_streams_are_capped_end_after_their_lifetime_and_keep_alive(fault_stack)
     assert 2.5 < lifetime < 6, lifetime
     assert lines[0] == "retry: 2000" and ": keep-alive" in lines
     stack.post(f"/jobs/{job['id']}/cancel")
+
+
+# -- 10. workers that share a host ---------------------------------------------------------------------
+
+
+def test_workers_on_one_host_share_its_cpus_and_yield_to_the_api(fault_stack):
+    stack = fault_stack(workers=2, env={"LATENTFORGE_TORCH_THREADS": "", "LATENTFORGE_WORKER_NICE": "10"})
+    jobs = [stack.submit("train", {"epochs": 1, "device": "cpu"}) for _ in range(2)]
+    assert all(stack.wait_job(job["id"])["state"] == "succeeded" for job in jobs)
+    cpus = len(os.sched_getaffinity(0))
+    logs = stack.log("worker1") + stack.log("worker2")
+    assert logs.count(f"{max(1, cpus // 2)} torch thread(s) ({cpus} CPUs, 2 worker(s) on this host)") == 2, logs[-2000:]
+    for name in ("worker1", "worker2"):
+        stat = (Path("/proc") / str(child_pid(stack, name)) / "stat").read_text()
+        assert int(stat.rsplit(")", 1)[1].split()[16]) == 10  # nice: below the API
