@@ -123,6 +123,26 @@ def draw_train_figures(
     return out
 
 
+def warm_up() -> float:
+    """Pay a fresh process's one-time costs before its first job does; returns the seconds spent.
+
+    Why: a new worker's first train job took about 1.5 s longer than the
+    next ones (lazy imports, the CPU kernels' first set-up, matplotlib's font
+    cache). Two workers started together each paid it on their first job.
+    The global random streams it touches are seeded again by every job.
+    """
+    import tempfile
+
+    started = time.perf_counter()
+    spec = TrainSpec.from_dict({"epochs": 1, "batch_size": 64, "device": "cpu"})
+    config = ModelConfig(kind="ae", input_shape=(28, 28), latent_dim=2, hidden=spec.hidden)
+    x = torch.rand(256, 28 * 28)
+    state = train(spec, new_state(spec, config, torch.device("cpu")), x, x[:64])
+    with tempfile.TemporaryDirectory() as folder:
+        figures.loss_curve([m.to_dict() for m in state.history], Path(folder) / "warm-up.png")
+    return time.perf_counter() - started
+
+
 def run_training(
     spec: TrainSpec,
     out_dir: str | os.PathLike,

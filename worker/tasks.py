@@ -499,6 +499,9 @@ def _on_worker_ready(**_: Any) -> None:
     if settings.worker_nice and hasattr(os, "nice"):
         os.nice(settings.worker_nice)  # below the API and other services on this host
     monitor.start()
+    from worker.pipeline import warm_up
+
+    log.info("worker %s warmed up in %.1f s", WORKER_NAME, warm_up())
     log.info("worker %s ready (queues %s)", WORKER_NAME, monitor.queues)
 
 
