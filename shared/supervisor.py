@@ -5,8 +5,8 @@ its worker process with it, and nothing in that process can record why. This
 small parent (no torch, no Celery) runs the worker as a child, and when the
 child dies from a signal it settles the child's job at once (requeued, or
 failed at its attempt limit) with the reason, then starts a new child.
-SIGTERM and SIGINT are passed on: the child drains (its job is checkpointed
-and handed back) and the parent waits for it, up to a hard bound.
+SIGTERM and SIGINT are passed on as SIGTERM: the child drains (its job is
+checkpointed and handed back) and the parent waits for it, up to a hard bound.
 """
 
 from __future__ import annotations
@@ -72,9 +72,11 @@ def supervise(child_argv: Sequence[str], settings: Settings) -> int:
     child: subprocess.Popen | None = None
 
     def forward(signum: int, _frame: object) -> None:
+        # Always as SIGTERM (a warm shutdown): a terminal's Ctrl-C reaches the
+        # child itself too, and a second SIGINT would make Celery stop cold.
         stopping.append(signum)
         if child is not None and child.poll() is None:
-            child.send_signal(signum)
+            child.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)

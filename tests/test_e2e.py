@@ -170,3 +170,13 @@ def test_health_reports_every_part(stack):
     report = response.json()
     assert report["status"] == "ok" and report["database"]["ok"] and report["broker"]["ok"]
     assert report["workers"]["count"] == 1
+
+
+def test_a_failed_job_stores_one_line_for_users_without_server_paths(stack, mnist_dir):
+    job = stack.wait_job(stack.submit("train", {"dataset": "fashion_mnist", "epochs": 1, "device": "cpu"})["id"])
+    assert job["state"] == "failed" and job["attempts"] == 1 and job["artifacts"] == []
+    error = job["error"]
+    assert error["type"] == "DatasetError"
+    assert "not found in <data dir>/fashion_mnist" in error["message"], error
+    assert str(mnist_dir) not in error["message"] and str(stack.home) not in error["message"]
+    assert "\n" not in error["message"] and "Traceback" not in error["message"]

@@ -284,6 +284,8 @@ class Monitor:
 
     def drain(self) -> None:
         """Warm shutdown: take no new job; the running one stops at its epoch's end or after the grace."""
+        if self.draining.is_set():  # a second signal does not extend the grace
+            return
         self.drain_deadline = time.monotonic() + settings.shutdown_grace_seconds
         self.draining.set()
         log.info("worker %s: shutting down; the running job (if any) is checkpointed and handed back within %g s",
