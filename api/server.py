@@ -8,6 +8,7 @@ remains available; there, each open stream holds one of the threads.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from api.auth import is_loopback
@@ -52,6 +53,10 @@ WORKER_CLASSES = ("gevent", "gthread")
 def worker_options(worker_class: str, threads: int) -> dict[str, Any]:
     if worker_class == "gevent":
         return {"worker_class": "gevent", "worker_connections": 2000}
+    # Under gthread every open stream holds a thread: unless told otherwise,
+    # let streams take at most half of them, so health, reads and submits
+    # always have threads left (streams beyond that get a 503).
+    os.environ.setdefault("LATENTFORGE_MAX_STREAMS", str(max(1, threads // 2)))
     return {"worker_class": "gthread", "threads": threads}
 
 

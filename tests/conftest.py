@@ -106,12 +106,7 @@ def stack_factory(tmp_path_factory, mnist_dir):
             broker = exits.enter_context(redis_database())
             stack = Stack(home, mnist_dir, database_url=database, broker_url=broker, token=token, extra_env=env)
         exits.callback(stack.close)
-        stack.upgrade()
-        if api:
-            stack.start_api()
-        for i in range(workers):
-            stack.start_worker(f"worker{i + 1}")
-        return stack
+        return stack.bring_up(api=api, workers=workers)
 
     with exits:
         yield make

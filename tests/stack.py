@@ -126,6 +126,15 @@ class Stack:
         self.procs[name] = proc
         return proc
 
+    def bring_up(self, *, api: bool = True, workers: int = 1) -> "Stack":
+        """Migrate, then start the API (if asked) and workers named worker1, worker2, ..."""
+        self.upgrade()
+        if api:
+            self.start_api()
+        for i in range(workers):
+            self.start_worker(f"worker{i + 1}")
+        return self
+
     def upgrade(self) -> None:
         result = self.cli("db", "upgrade")
         assert result.returncode == 0, result.stderr

@@ -212,3 +212,31 @@ def test_cli_submit_reports_api_errors_in_one_line(stack):
     result = subprocess.run([sys.executable, "-m", "shared.cli", "submit", "train"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "requires a token" in result.stderr
+
+
+def test_public_read_opens_reads_on_purpose_and_only_reads(stack_factory):
+    public = stack_factory("embedded", token=TOKEN, workers=0, env={"LATENTFORGE_PUBLIC_READ": "1"})
+    job = public.submit("train", {"epochs": 1})
+    assert requests.get(public.url + f"/api/v1/jobs/{job['id']}", timeout=10).status_code == 200
+    page = requests.get(public.url + f"/runs/{job['id']}", timeout=10)
+    assert page.status_code == 200 and "Sign in</a> to submit" in page.text
+    assert_problem(requests.post(public.url + "/api/v1/jobs", json={"kind": "train"}, timeout=10), 401, "requires a token")
+    assert_problem(requests.post(public.url + f"/api/v1/jobs/{job['id']}/cancel", timeout=10), 401)
+
+
+def test_under_gthread_streams_take_at_most_half_the_threads(stack_factory):
+    threaded = stack_factory("embedded", workers=0, api=False)
+    port = free_port()
+    threaded.spawn("api", ["api", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                           "--worker-class", "gthread", "--threads", "4"])
+    threaded.url = f"http://127.0.0.1:{port}"
+    threaded.wait_until(threaded._answers, 60, "the gthread API to answer")
+    job = threaded.submit("train", {"epochs": 1})  # no worker: it stays queued, its stream stays open
+    streams = [requests.get(threaded.url + f"/api/v1/jobs/{job['id']}/events", stream=True, timeout=10) for _ in range(2)]
+    try:
+        assert [s.status_code for s in streams] == [200, 200]
+        assert_problem(threaded.get(f"/jobs/{job['id']}/events"), 503, "2 open progress streams")
+        assert threaded.get("/jobs").status_code == 200  # the other two threads still answer
+    finally:
+        for s in streams:
+            s.close()

@@ -467,9 +467,10 @@ def execute_job(job_id: str) -> JobState | None:
         outcome = "lost"
     try:
         if outcome == "handback":
-            retrying(store.hand_back, claim, hand_back_reason)
-            log.info("job %s: handed back to the queue (%s)", job_id, hand_back_reason)
-            return None
+            if retrying(store.hand_back, claim, hand_back_reason):
+                log.info("job %s: handed back to the queue (%s)", job_id, hand_back_reason)
+                return None
+            outcome = "lost"
         if outcome in ("succeeded", "failed", "cancelled"):
             state = JobState(outcome)
             if retrying(store.finish, claim, state, error=error, artifacts=artifacts):

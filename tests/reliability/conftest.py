@@ -97,12 +97,7 @@ def fault_stack(tmp_path_factory, mnist_dir, private_pg, private_redis):
         stack = Stack(tmp_path_factory.mktemp("fault"), mnist_dir, database_url=database,
                       broker_url=private_redis.url(db_number), token=token, extra_env={**defaults, **(env or {})})
         stacks.append(stack)
-        stack.upgrade()
-        if api:
-            stack.start_api()
-        for i in range(workers):
-            stack.start_worker(f"worker{i + 1}")
-        return stack
+        return stack.bring_up(api=api, workers=workers)
 
     yield make
     for stack in stacks:
