@@ -77,6 +77,11 @@ class ArtifactRecord:
     path: str
 
 
+def like_prefix(text: str) -> str:
+    """A LIKE pattern for strings that start with ``text`` (its own % and _ taken literally)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 def _changed(**values: Any) -> dict[str, Any]:
     """Values for an UPDATE of a job row that clients can see: bumps its revision."""
     return {**values, "revision": Job.revision + 1}
@@ -398,5 +403,5 @@ class JobStore:
         with self.sessions() as s:
             cutoff = utcnow() - timedelta(seconds=stale_after_s)
             return s.execute(select(func.count()).select_from(Worker).where(
-                Worker.last_seen >= cutoff, Worker.hostname.like(host.replace("%", r"\%") + ":%", escape="\\"),
+                Worker.last_seen >= cutoff, Worker.hostname.like(like_prefix(host + ":"), escape="\\"),
             )).scalar_one()

@@ -278,3 +278,11 @@ def test_database_errors_are_classified():
     assert not is_transient_db_error(wrapped(sa_exc.IntegrityError, PgError("23505")))
     assert is_transient_db_error(sa_exc.TimeoutError("pool exhausted"))
     assert not is_transient_db_error(ValueError("not a database error"))
+
+
+def test_workers_are_counted_per_host_with_like_wildcards_taken_literally(env):
+    store, *_ = env
+    for name in ("gpu_1:10", "gpu_1:11", "gpuX1:12", "gpu_1.lan:13"):
+        store.worker_seen(name, "cpu", None)
+    assert store.live_workers_on("gpu_1", stale_after_s=60) == 2
+    assert store.live_workers_on("gpu%", stale_after_s=60) == 0

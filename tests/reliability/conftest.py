@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.invariants import Report, check
+from tests.reliability.invariants import Report
 from tests.reliability.servers import PrivatePostgres, PrivateRedis
 from tests.stack import REPO, Stack
 
