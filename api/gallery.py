@@ -24,6 +24,7 @@ from api.auth import can_write, safe_next, sign_in, signed_in
 from api.errors import Problem
 from api.jobs import get_job_or_404, page_of_jobs, parse_uuid, submit_job
 from api.schemas import job_out
+from shared.jobstore import JobConflict, JobNotFound
 from shared.db import Job, JobState
 from shared.specs import SEED_PRESET, JobKind
 
@@ -263,9 +264,9 @@ def cancel_run(job_id: str) -> Any:
     job_id = parse_uuid(job_id)
     try:
         services().store.cancel(job_id)
-    except KeyError:
+    except JobNotFound:
         abort(404)
-    except Exception as exc:  # JobConflict: already finished; show the page as it is
+    except JobConflict as exc:  # already finished: show the page as it is (a database outage is a 503)
         return render_run(job_id, errors=[{"field": "", "message": str(exc)}], status=409)
     return redirect(url_for("gallery.run_page", job_id=job_id), code=303)
 

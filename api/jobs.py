@@ -27,7 +27,7 @@ from api.errors import Problem, validation_problem
 from api.schemas import JobCreate, job_out
 from api.streams import MAX_JOBS_PER_STREAM, TooManyStreams, stream_events
 from shared.db import Artifact, Job, JobState
-from shared.jobstore import JobConflict
+from shared.jobstore import JobConflict, JobNotFound
 from shared.queue import queue_for
 from shared.specs import JobKind, SpecError, parse_spec
 
@@ -209,7 +209,7 @@ def cancel_job(job_id: str) -> Any:
     job_id = parse_uuid(job_id)
     try:
         services().store.cancel(job_id)
-    except KeyError:
+    except JobNotFound:
         raise Problem(404, "Not Found", f"no job with id {job_id}", slug="not-found") from None
     except JobConflict as exc:
         raise Problem(409, "Conflict", str(exc), slug="job-finished") from None

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select, update
 
 from shared.db import Job, JobState, make_engine, make_sessionmaker, utcnow
-from shared.jobstore import JobConflict, JobStore
+from shared.jobstore import JobConflict, JobNotFound, JobStore
 from shared.migrate import upgrade
 from shared.queue import make_celery, publish
 from shared.settings import load_settings
@@ -134,7 +134,7 @@ def test_cancel_queued_running_and_finished(env):
     store.finish(claim, JobState.CANCELLED)
     with pytest.raises(JobConflict, match="already finished"):
         store.cancel(running)
-    with pytest.raises(KeyError):
+    with pytest.raises(JobNotFound):
         store.cancel("00000000-0000-0000-0000-000000000000")
 
 
