@@ -224,7 +224,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"LatentForge is up: gallery {url}/  API {url}/api/v1  (Ctrl-C stops it)", flush=True)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
-        return 0 if stopping else 1  # a role that dies on its own is an error
+        # A role that dies on its own is an error; one that was stopped (a
+        # signal to the whole group, say) exits 0.
+        return 0 if stopping or all(p.poll() in (None, 0) for p in procs) else 1
     except KeyboardInterrupt:
         return 0
     finally:
