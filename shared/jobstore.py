@@ -96,12 +96,15 @@ class JobStore:
     # -- submitting -----------------------------------------------------------------
 
     def create(self, session: Session, **fields: Any) -> Job:
-        """Commit a new queued job, then publish it (the broker may be down: the reaper retries)."""
+        """Commit a new queued job, then publish it (the broker may be down: the reaper retries).
+
+        Returns the job as committed: a worker may claim it the moment it is
+        published, and the submitter is answered with what it submitted.
+        """
         job = Job(max_attempts=self.max_attempts, **fields)
         session.add(job)
         session.commit()
         self.publish(job.id, job.queue)
-        session.refresh(job)
         return job
 
     def publish(self, job_id: str, queue: str) -> bool:
