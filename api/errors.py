@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from shared.db import is_transient_db_error
+from shared.errors import IdempotencyKeyReused, JobConflict, JobNotFound, LatentForgeError, ParentNotReady, SpecError
 
 log = logging.getLogger("latentforge.api")
 
@@ -28,10 +29,21 @@ class Problem(Exception):
         self.slug = slug or title.lower().replace(" ", "-")
 
 
-def validation_problem(errors: list[tuple[str, str]], status: int = 422) -> Problem:
-    fields = [{"field": name, "message": message} for name, message in errors]
-    detail = "; ".join(f"{e['field']}: {e['message']}" for e in fields)
-    return Problem(status, "Invalid request", detail, errors=fields, slug="validation")
+# Each user-fixable error class of shared/errors.py: one status (on the class), one title and type.
+USER_ERRORS: tuple[tuple[type[LatentForgeError], str, str], ...] = (
+    (SpecError, "Invalid request", "validation"),
+    (JobNotFound, "Not Found", "not-found"),
+    (ParentNotReady, "Conflict", "parent-not-ready"),
+    (JobConflict, "Conflict", "job-finished"),
+    (IdempotencyKeyReused, "Idempotency key reused", "idempotency-key-reused"),
+    (LatentForgeError, "Bad Request", "bad-request"),
+)
+
+
+def user_problem(exc: LatentForgeError) -> Problem:
+    title, slug = next((title, slug) for cls, title, slug in USER_ERRORS if isinstance(exc, cls))
+    errors = [{"field": name, "message": message} for name, message in exc.errors] if isinstance(exc, SpecError) else None
+    return Problem(exc.status, title, str(exc), errors=errors, slug=slug)
 
 
 def wants_html() -> bool:
@@ -72,6 +84,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Problem)
     def _problem(exc: Problem) -> Response:
         return problem_response(exc.status, exc.title, exc.detail, slug=exc.slug, errors=exc.errors, headers=exc.headers)
+
+    @app.errorhandler(LatentForgeError)
+    def _user_error(exc: LatentForgeError) -> Response:
+        return _problem(user_problem(exc))
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:

@@ -15,18 +15,18 @@ import json
 import secrets
 from typing import Any
 
-from flask import Blueprint, Response, abort, g, redirect, render_template, request, session, url_for
-from sqlalchemy import func, select
-from sqlalchemy.orm import selectinload
+from flask import Blueprint, Response, g, redirect, render_template, request, session, url_for
 
-from api import API_PREFIX, db, services
 from api.auth import can_write, safe_next, sign_in, signed_in
+from api.context import API_PREFIX, services
 from api.errors import Problem
-from api.jobs import get_job_or_404, page_of_jobs, parse_uuid, submit_job
+from api.jobs import page_arguments
 from api.schemas import job_out
-from shared.jobstore import JobConflict, JobNotFound
-from shared.db import Job, JobState
-from shared.specs import SEED_PRESET, JobKind
+from shared.artifacts import HEADLINE_FIGURES, ArtifactKind, thumbnail_name
+from shared.db import JobState
+from shared.errors import JobConflict, LatentForgeError, SpecError
+from shared.kinds import KINDS, JobKind, form_fields, get_kind
+from shared.specs import SEED_PRESET
 
 bp = Blueprint("gallery", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
 
@@ -36,8 +36,7 @@ CSP = (
     "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 MAX_COMPARE = 8
-THUMB_PREFERENCE = ("figures/latent_scatter.thumb.png", "figures/embedding.thumb.png",
-                    "figures/embedding_pca.thumb.png", "figures/samples.thumb.png")
+THUMB_PREFERENCE = tuple(thumbnail_name(name) for name in HEADLINE_FIGURES)
 
 
 # -- security plumbing -------------------------------------------------------------------
@@ -115,7 +114,7 @@ def thumbnail(job: dict[str, Any]) -> dict[str, Any] | None:
     for name in THUMB_PREFERENCE:
         if name in by_name:
             return by_name[name]
-    return next((a for a in job["artifacts"] if a["kind"] == "thumbnail"), None)
+    return next((a for a in job["artifacts"] if a["kind"] == ArtifactKind.THUMBNAIL.value), None)
 
 
 def figures_of(job: dict[str, Any]) -> list[dict[str, Any]]:
@@ -123,44 +122,50 @@ def figures_of(job: dict[str, Any]) -> list[dict[str, Any]]:
     by_name = {a["name"]: a for a in job["artifacts"]}
     out = []
     for artifact in job["artifacts"]:
-        if artifact["kind"] == "figure":
-            thumb = by_name.get(artifact["name"][: -len(".png")] + ".thumb.png")
+        if artifact["kind"] == ArtifactKind.FIGURE.value:
+            thumb = by_name.get(thumbnail_name(artifact["name"]))
             out.append({"figure": artifact, "thumb": thumb or artifact,
-                        "title": artifact["name"].rsplit("/", 1)[-1][: -len(".png")].replace("_", " ")})
+                        "title": artifact["name"].rsplit("/", 1)[-1].rsplit(".", 1)[0].replace("_", " ")})
     return out
 
 
-def train_choices() -> list[dict[str, Any]]:
-    """Finished models for the embed/sample forms: plain rows, not ORM objects."""
-    rows = db().execute(
-        select(Job.id, Job.name, Job.spec).where(Job.kind == JobKind.TRAIN.value, Job.state == JobState.SUCCEEDED.value)
-        .order_by(Job.created_at.desc()).limit(100)
-    ).all()
-    return [{"id": r.id, "name": r.name, "spec": r.spec} for r in rows]
+def artifact_of_kind(job: dict[str, Any], kind: ArtifactKind) -> dict[str, Any] | None:
+    return next((a for a in job["artifacts"] if a["kind"] == kind.value), None)
 
 
 def is_2d_model(job: dict[str, Any]) -> bool:
-    names = {a["name"] for a in job["artifacts"]}
-    return job["kind"] == "train" and job["spec"].get("latent_dim") == 2 and "decoder.safetensors" in names
+    return job["spec"].get("latent_dim") == 2 and artifact_of_kind(job, ArtifactKind.DECODER) is not None
+
+
+def generic_fields(kind: JobKind) -> list[dict[str, str]]:
+    """A form for a kind without a template of its own: one text field per spec field, with its default."""
+    parent_field = kind.parent.field if kind.parent else None
+    return [{"name": name, "default": "" if info.default is None else json.dumps(info.default).strip('"')}
+            for name, info in kind.spec.model_fields.items() if name != parent_field]
+
+
+def problems_of(exc: LatentForgeError) -> list[dict[str, str]]:
+    if isinstance(exc, SpecError):
+        return [{"field": name, "message": message} for name, message in exc.errors]
+    return [{"field": "", "message": str(exc)}]
 
 
 # -- pages ----------------------------------------------------------------------------------------
 
 
 def render_runs(errors: list[dict[str, str]] | None = None, form: dict[str, Any] | None = None, status: int = 200):
-    jobs, next_cursor = page_of_jobs()
+    jobs = services().jobs
+    page = jobs.page(**page_arguments())
     kind, state, parent = (request.args.get(name) or None for name in ("kind", "state", "parent"))
-    rows = [job_out(j, API_PREFIX, history=False) for j in jobs]
-    children = dict(db().execute(
-        select(Job.parent_id, func.count()).where(Job.parent_id.in_([r["id"] for r in rows])).group_by(Job.parent_id)
-    ).all()) if rows else {}
-    counts = dict(db().execute(select(Job.state, func.count()).group_by(Job.state)).all())
-    defaults = {**SEED_PRESET, "device": "auto", "preset": "seed", "hidden": "128,64"}
+    rows = [job_out(j, API_PREFIX, history=False) for j in page.items]
+    counts = jobs.state_counts()
+    parents = {k.name: jobs.succeeded(k.parent.kinds) for k in KINDS.values() if k.parent}
     html = render_template(
-        "runs.html", rows=rows, thumbnail=thumbnail, next_cursor=next_cursor, kind=kind, state=state, parent=parent,
-        children=children,
-        counts=counts, total=sum(counts.values()), kinds=[k.value for k in JobKind], states=[s.value for s in JobState],
-        defaults=defaults, form=form or {}, errors=errors or [], models=train_choices(),
+        "runs.html", rows=rows, thumbnail=thumbnail, next_cursor=page.next_cursor, kind=kind, state=state,
+        parent=parent, children=jobs.child_counts([r["id"] for r in rows]), counts=counts,
+        total=sum(counts.values()), kinds=list(KINDS.values()), states=[s.value for s in JobState],
+        defaults={**SEED_PRESET, "device": "auto", "preset": "seed", "hidden": "128,64"}, form=form or {},
+        errors=errors or [], parents=parents, generic_fields=generic_fields, thumb_names=json.dumps(THUMB_PREFERENCE),
     )
     return html, status
 
@@ -175,77 +180,30 @@ def runs() -> Any:
     return render_runs()
 
 
-def _form_train_spec(form: dict[str, str]) -> dict[str, Any]:
-    spec: dict[str, Any] = {}
-    if form.get("preset"):
-        spec["preset"] = form["preset"]
-    for name in ("epochs", "latent_dim", "batch_size", "seed"):
-        if form.get(name, "").strip():
-            spec[name] = _number(form[name], int)
-    if form.get("lr", "").strip():
-        spec["lr"] = _number(form["lr"], float)
-    if form.get("hidden", "").strip():
-        spec["hidden"] = [_number(part, int) for part in form["hidden"].split(",") if part.strip()]
-    for name in ("dataset", "device", "model"):
-        if form.get(name):
-            spec[name] = form[name]
-    return spec
-
-
-def _number(text: str, kind: type) -> Any:
-    try:
-        if not text.isascii():  # int() takes other scripts' digits; the API's rules do not
-            raise ValueError(text)
-        return kind(text.strip())
-    except ValueError:
-        return text.strip()  # left as text: validation names the field
-
-
 @bp.post("/runs")
 def create_run() -> Any:
     check_form()
     form = request.form.to_dict()
-    kind = form.get("kind", "train")
-    if kind == "train":
-        spec = _form_train_spec(form)
-    elif kind == "embed":
-        spec = {"model_job": form.get("model_job", ""), "split": form.get("split", "test")}
-        if form.get("limit", "").strip():
-            spec["limit"] = _number(form["limit"], int)
-    elif kind == "sample":
-        spec = {"model_job": form.get("model_job", "")}
-        if form.get("latent_coords", "").strip():
-            try:
-                spec["latent_coords"] = json.loads(form["latent_coords"])
-            except json.JSONDecodeError:
-                spec["latent_coords"] = form["latent_coords"]
-        elif form.get("n", "").strip():
-            spec["n"] = _number(form["n"], int)
-    else:
-        spec = {}
-    body: dict[str, Any] = {"kind": kind, "spec": spec}
-    if form.get("name", "").strip():
-        body["name"] = form["name"].strip()
     try:
-        job, _ = submit_job(body)
-    except Problem as problem:
-        if problem.status in (401, 403):
-            raise
+        kind = get_kind(form.get("kind", "train"))
+        body: dict[str, Any] = {"kind": kind.name, "spec": form_fields(kind, form)}
+        if form.get("name", "").strip():
+            body["name"] = form["name"].strip()
+        job, _ = services().jobs.submit(body)
+    except LatentForgeError as exc:
         if request.form.get("return_to") == "run" and form.get("model_job"):
-            return render_run(form["model_job"], errors=problem.errors or [{"field": "", "message": problem.detail}],
-                              status=problem.status)
-        return render_runs(errors=problem.errors or [{"field": "", "message": problem.detail}], form=form,
-                           status=problem.status)
+            return render_run(form["model_job"], errors=problems_of(exc), status=exc.status)
+        return render_runs(errors=problems_of(exc), form=form, status=exc.status)
     return redirect(url_for("gallery.run_page", job_id=job.id), code=303)
 
 
 def render_run(job_id: str, errors: list[dict[str, str]] | None = None, status: int = 200):
-    job = job_out(get_job_or_404(job_id), API_PREFIX)
-    children = [job_out(j, API_PREFIX) for j in db().scalars(
-        select(Job).where(Job.parent_id == job["id"]).options(selectinload(Job.artifacts)).order_by(Job.created_at)
-    )]
-    parent = job_out(get_job_or_404(job["parent"]), API_PREFIX) if job["parent"] else None
-    downloads = [a for a in job["artifacts"] if a["kind"] not in ("figure", "thumbnail")]
+    jobs = services().jobs
+    job = job_out(jobs.get(job_id), API_PREFIX)
+    children = [job_out(j, API_PREFIX) for j in jobs.children(job["id"])]
+    parent = job_out(jobs.get(job["parent"]), API_PREFIX) if job["parent"] else None
+    shown = (ArtifactKind.FIGURE.value, ArtifactKind.THUMBNAIL.value)
+    downloads = [a for a in job["artifacts"] if a["kind"] not in shown]
     return render_template(
         "run.html", job=job, figures=figures_of(job), downloads=downloads, children=children, parent=parent,
         thumbnail=thumbnail, explorable=is_2d_model(job), errors=errors or [],
@@ -261,23 +219,20 @@ def run_page(job_id: str) -> Any:
 @bp.post("/runs/<job_id>/cancel")
 def cancel_run(job_id: str) -> Any:
     check_form()
-    job_id = parse_uuid(job_id)
     try:
-        services().store.cancel(job_id)
-    except JobNotFound:
-        abort(404)
-    except JobConflict as exc:  # already finished: show the page as it is (a database outage is a 503)
-        return render_run(job_id, errors=[{"field": "", "message": str(exc)}], status=409)
-    return redirect(url_for("gallery.run_page", job_id=job_id), code=303)
+        job = services().jobs.cancel(job_id)
+    except JobConflict as exc:  # already finished: show the page as it is
+        return render_run(job_id, errors=problems_of(exc), status=exc.status)
+    return redirect(url_for("gallery.run_page", job_id=job.id), code=303)
 
 
 @bp.post("/runs/<job_id>/rerun")
 def rerun(job_id: str) -> Any:
     check_form()
-    job = get_job_or_404(job_id)
-    spec = dict(job.spec)
-    body = {"kind": job.kind, "spec": spec, "name": f"{job.name or job.kind} (re-run)"[:200], "tags": list(job.tags or [])}
-    new_job, _ = submit_job(body)
+    job = services().jobs.get(job_id)
+    body = {"kind": job.kind, "spec": dict(job.spec), "name": f"{job.name or job.kind} (re-run)"[:200],
+            "tags": list(job.tags or [])}
+    new_job, _ = services().jobs.submit(body)
     return redirect(url_for("gallery.run_page", job_id=new_job.id), code=303)
 
 
@@ -286,7 +241,7 @@ def compare() -> Any:
     raw = [part.strip() for part in request.args.get("ids", "").split(",") if part.strip()]
     if not 1 <= len(raw) <= MAX_COMPARE:
         raise Problem(400, "Bad Request", f"give 1 to {MAX_COMPARE} run ids as ?ids=a,b,...", slug="compare-ids")
-    jobs = [job_out(get_job_or_404(job_id), API_PREFIX) for job_id in raw]
+    jobs = [job_out(services().jobs.get(job_id), API_PREFIX) for job_id in raw]
     spec_keys = sorted({key for job in jobs for key in job["spec"]})
     differing = {key for key in spec_keys if len({json.dumps(job["spec"].get(key)) for job in jobs}) > 1}
     figure_names: list[str] = []
@@ -306,10 +261,9 @@ def compare() -> Any:
 
 @bp.get("/runs/<job_id>/explore")
 def explore(job_id: str) -> Any:
-    job = job_out(get_job_or_404(job_id), API_PREFIX)
+    job = job_out(services().jobs.get(job_id), API_PREFIX)
     if not is_2d_model(job):
         raise Problem(409, "Conflict", "the latent explorer needs a succeeded train job with a 2-D latent space",
                       slug="not-explorable")
-    by_name = {a["name"]: a for a in job["artifacts"]}
-    return render_template("explorer.html", job=job, decoder=by_name["decoder.safetensors"],
-                           codes=by_name.get("latent_codes.safetensors"))
+    return render_template("explorer.html", job=job, decoder=artifact_of_kind(job, ArtifactKind.DECODER),
+                           codes=artifact_of_kind(job, ArtifactKind.CODES))

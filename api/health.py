@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 from sqlalchemy import text
 
-from api import services
+from api.context import services
 from shared.migrate import check_schema
 from shared.queue import check_broker
 

@@ -6,11 +6,12 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
-from api import API_PREFIX
-from api.schemas import JobCreate, JobList, JobOut, ProblemOut
+from api.context import API_PREFIX
+from api.schemas import JobList, JobOut, ProblemOut
 from api.streams import MAX_JOBS_PER_STREAM
 from shared.db import JobState
-from shared.specs import EmbedSpec, JobKind, SampleSpec, TrainSpec
+from shared.kinds import KINDS
+from shared.specs import JobCreate
 
 bp = Blueprint("openapi", __name__)
 
@@ -19,10 +20,13 @@ REF = "#/components/schemas/{model}"
 
 def _schemas() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
-    for model in (JobCreate, JobOut, JobList, ProblemOut, TrainSpec, EmbedSpec, SampleSpec):
+    for model in (JobCreate, JobOut, JobList, ProblemOut, *(kind.spec for kind in KINDS.values())):
         schema = model.model_json_schema(ref_template=REF)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
+    schemas["JobCreate"]["properties"]["kind"]["enum"] = list(KINDS)
+    schemas["JobCreate"]["properties"]["spec"]["description"] = "the kind's spec: " + ", ".join(
+        f"{name}: {kind.spec.__name__}" for name, kind in KINDS.items())
     return schemas
 
 
@@ -64,7 +68,7 @@ STREAM = {"description": "events 'progress' (the job's state, attempts, error an
 
 
 def build_document() -> dict[str, Any]:
-    kinds = [k.value for k in JobKind]
+    kinds = list(KINDS)
     states = [s.value for s in JobState]
     return {
         "openapi": "3.1.0",

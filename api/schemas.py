@@ -1,38 +1,13 @@
-"""Request and response models of the HTTP API; they also make the OpenAPI document."""
+"""Response models of the HTTP API (the request model is shared.specs.JobCreate); they also make the OpenAPI document."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel
 
 from shared.db import Artifact, Job
-from shared.specs import JobKind
-
-
-def no_control_characters(value: str) -> str:
-    """Names and tags are shown in pages and stored in text columns: no NUL or other control characters."""
-    for position, char in enumerate(value):
-        if ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0:
-            raise ValueError(f"must not contain control characters (found U+{ord(char):04X} at position {position})")
-    return value
-
-
-Tag = Annotated[str, StringConstraints(min_length=1, max_length=50, strip_whitespace=True),
-                AfterValidator(no_control_characters)]
-Name = Annotated[str, StringConstraints(max_length=200, strip_whitespace=True), AfterValidator(no_control_characters)]
-
-
-class JobCreate(BaseModel):
-    """Body of POST /jobs. ``spec`` is validated against the kind's spec model."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: str = Field(description="train, embed or sample", json_schema_extra={"enum": [k.value for k in JobKind]})
-    spec: dict[str, Any] = Field(default_factory=dict)
-    name: Name | None = None
-    tags: Annotated[list[Tag], Field(max_length=20)] = Field(default_factory=list)
 
 
 class ArtifactOut(BaseModel):

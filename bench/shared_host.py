@@ -92,7 +92,7 @@ def cli_runs(epochs: int, threads: int | None, together: bool) -> float:
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, "-m", "shared.cli", "train", "--preset", "seed", "--epochs", str(epochs), "--device",
+        command = [sys.executable, "-m", "latentforge.cli", "train", "--preset", "seed", "--epochs", str(epochs), "--device",
                    "cpu", "--overwrite", "--out"]
         started = time.perf_counter()
         if together:

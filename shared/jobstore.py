@@ -30,18 +30,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import Artifact, Job, JobState, Lease, Worker, utcnow
+from shared.errors import JobConflict, JobNotFound
 
 log = logging.getLogger(__name__)
 
 PUBLISH_GRACE_S = 5.0  # the API marks a job published within milliseconds of committing it
-
-
-class JobConflict(Exception):
-    """The job is in a state that does not allow the operation."""
-
-
-class JobNotFound(KeyError):
-    """No job has this id."""
 
 
 def run_path(job_id: str, lease: int) -> str:
@@ -207,7 +200,7 @@ class JobStore:
                 return JobState.RUNNING.value
             state = s.execute(select(Job.state).where(Job.id == job_id)).scalar_one_or_none()
         if state is None:
-            raise JobNotFound(job_id)
+            raise JobNotFound(f"no job with id {job_id}")
         raise JobConflict(f"job {job_id} has already finished ({state})")
 
     # -- attempts that ended without finishing -------------------------------------------

@@ -53,6 +53,8 @@ class Settings:
     # Progress streams (SSE) per API process, and the longest one may stay open.
     max_streams: int = 1000
     stream_max_seconds: float = 600.0
+    # Modules that register more job kinds (shared/kinds.py), imported by API, worker and CLI.
+    plugins: tuple[str, ...] = ()
 
     @property
     def uses_embedded_broker(self) -> bool:
@@ -123,4 +125,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         public_read=flag("PUBLIC_READ"),
         max_streams=int(number("MAX_STREAMS", 1000, int)),
         stream_max_seconds=number("STREAM_MAX_SECONDS", 600.0),
+        plugins=tuple(part.strip() for part in (get("PLUGINS") or "").split(",") if part.strip()),
     )

@@ -11,16 +11,18 @@ JSON schemas of the OpenAPI document.
 from __future__ import annotations
 
 import uuid
-from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StringConstraints, ValidationError,
+                      field_validator, model_validator)
+
+from shared.errors import SpecError
 
 DEVICES = ("auto", "cpu", "cuda")
 PRESETS = ("seed",)
 MAX_SAMPLE_POINTS = 1024
 
-# The seed notebook (SPEC §1): these are also every train field's default.
+# The seed notebook's values: these are also every train field's default.
 SEED_PRESET: dict[str, Any] = {
     "model": "ae",
     "dataset": "mnist",
@@ -31,28 +33,6 @@ SEED_PRESET: dict[str, Any] = {
     "lr": 1e-3,
     "seed": 47,
 }
-
-
-class JobKind(str, Enum):
-    TRAIN = "train"
-    EMBED = "embed"
-    SAMPLE = "sample"
-
-
-class SpecError(ValueError):
-    """One or more fields are invalid; ``errors`` is a list of (field, message)."""
-
-    def __init__(self, errors: list[tuple[str, str]]):
-        self.errors = errors
-        super().__init__("; ".join(f"{name}: {msg}" for name, msg in errors))
-
-    @classmethod
-    def from_validation(cls, exc: ValidationError, prefix: str = "") -> "SpecError":
-        errors = []
-        for err in exc.errors(include_url=False):
-            loc = ".".join(str(part) for part in err["loc"]) or "(body)"
-            errors.append((prefix + loc, err["msg"]))
-        return cls(errors)
 
 
 def _finite_number(**kw: Any) -> Any:
@@ -146,17 +126,41 @@ class SampleSpec(ParentSpec):
         return value
 
 
-SPEC_TYPES: dict[JobKind, type[Spec]] = {JobKind.TRAIN: TrainSpec, JobKind.EMBED: EmbedSpec, JobKind.SAMPLE: SampleSpec}
+def latent_width_problem(points: list[list[float]] | None, latent_dim: int) -> str | None:
+    """Why ``points`` cannot be decoded by a model whose latent space has ``latent_dim`` dimensions, or None."""
+    if points and len(points[0]) != latent_dim:
+        return f"points have {len(points[0])} coordinates but the model's latent space has {latent_dim}"
+    return None
 
 
-def parse_spec(kind: str, data: Any) -> Spec:
-    try:
-        job_kind = JobKind(kind)
-    except ValueError:
-        raise SpecError([("kind", f"must be one of {', '.join(k.value for k in JobKind)}, got {kind!r}")]) from None
-    if data is not None and not isinstance(data, dict):
-        raise SpecError([("spec", "must be a JSON object")])
-    try:
-        return SPEC_TYPES[job_kind].from_dict(data)
-    except SpecError as exc:
-        raise SpecError([(f"spec.{name}", msg) for name, msg in exc.errors]) from None
+def no_control_characters(value: str) -> str:
+    """Names and tags are shown in pages and stored in text columns: no NUL or other control characters."""
+    for position, char in enumerate(value):
+        if ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0:
+            raise ValueError(f"must not contain control characters (found U+{ord(char):04X} at position {position})")
+    return value
+
+
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=50, strip_whitespace=True),
+                AfterValidator(no_control_characters)]
+Name = Annotated[str, StringConstraints(max_length=200, strip_whitespace=True), AfterValidator(no_control_characters)]
+
+
+class JobCreate(BaseModel):
+    """A job request: its kind, its spec (validated against the kind's spec model), a name and tags."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(description="one of the job kinds (see the spec schemas)")
+    spec: dict[str, Any] = Field(default_factory=dict)
+    name: Name | None = None
+    tags: Annotated[list[Tag], Field(max_length=20)] = Field(default_factory=list)
+
+    @classmethod
+    def parse(cls, body: Any) -> "JobCreate":
+        if not isinstance(body, dict):
+            raise SpecError([("(body)", "must be a JSON object with 'kind' and 'spec'")])
+        try:
+            return cls.model_validate(body)
+        except ValidationError as exc:
+            raise SpecError.from_validation(exc) from None

@@ -116,12 +116,12 @@ class Stack:
     # -- processes ------------------------------------------------------------------------
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=REPO, env=self.env,
+        return subprocess.run([sys.executable, "-m", "latentforge.cli", *args], cwd=REPO, env=self.env,
                               capture_output=True, text=True, timeout=timeout)
 
     def spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "shared.cli", *args], cwd=REPO, env=self.env,
+        proc = subprocess.Popen([sys.executable, "-m", "latentforge.cli", *args], cwd=REPO, env=self.env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         return proc

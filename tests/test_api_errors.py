@@ -204,12 +204,12 @@ def test_api_refuses_an_open_address_without_token_and_a_stale_schema(tmp_path, 
 
 def test_cli_submit_reports_api_errors_in_one_line(stack):
     env = {**stack.env, "LATENTFORGE_API_URL": stack.url}
-    result = subprocess.run([sys.executable, "-m", "shared.cli", "submit", "train", "--set", "epochs=0"],
+    result = subprocess.run([sys.executable, "-m", "latentforge.cli", "submit", "train", "--set", "epochs=0"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip() == "latentforge submit: error: spec.epochs: Input should be greater than or equal to 1"
     env.pop("LATENTFORGE_API_TOKEN")
-    result = subprocess.run([sys.executable, "-m", "shared.cli", "submit", "train"], cwd=REPO, env=env,
+    result = subprocess.run([sys.executable, "-m", "latentforge.cli", "submit", "train"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "requires a token" in result.stderr
 

@@ -1,7 +1,10 @@
-"""Package boundaries: the ML core runs without web/queue/database libraries; the API without torch."""
+"""Package boundaries: the ML core runs without web/queue/database libraries; the API without torch;
+shared/ is the ground floor and imports nothing above it."""
 
+import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,9 +25,18 @@ def test_ml_core_never_imports_web_queue_or_database(module):
     assert not loaded & set(FORBIDDEN_IN_CORE), loaded & set(FORBIDDEN_IN_CORE)
 
 
-@pytest.mark.parametrize("module", ["api", "api.jobs", "api.health", "api.openapi", "api.server", "api.gunicorn_conf",
-                                    "shared.settings", "shared.specs", "shared.cli", "shared.jobstore", "shared.queue",
-                                    "shared.db", "shared.migrate"])
+REPO = Path(__file__).resolve().parent.parent
+SHARED_MODULES = sorted(f"shared.{m.name}" for m in pkgutil.iter_modules([str(REPO / "shared")]))
+API_MODULES = ["api"] + sorted(f"api.{m.name}" for m in pkgutil.iter_modules([str(REPO / "api")]) if m.name != "wsgi")
+
+
+@pytest.mark.parametrize("module", API_MODULES + SHARED_MODULES + ["latentforge.cli", "latentforge.client"])
 def test_api_and_shared_never_import_torch(module):
     loaded = imported_after(f"import {module}")
     assert "torch" not in loaded
+
+
+@pytest.mark.parametrize("module", SHARED_MODULES)
+def test_shared_imports_nothing_above_it(module):
+    loaded = imported_after(f"import {module}")
+    assert not loaded & {"api", "worker", "latentforge"}, loaded & {"api", "worker", "latentforge"}

@@ -11,7 +11,7 @@ import pytest
 def latentforge(*args, env_extra=None, timeout=300):
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+        [sys.executable, "-m", "latentforge.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
     )
 
 

@@ -2,7 +2,12 @@ import math
 
 import pytest
 
-from shared.specs import SEED_PRESET, EmbedSpec, SampleSpec, SpecError, TrainSpec, parse_spec
+from shared.kinds import get_kind
+from shared.specs import SEED_PRESET, EmbedSpec, SampleSpec, SpecError, TrainSpec
+
+
+def parse_spec(kind, data):
+    return get_kind(kind).parse(data)
 
 
 def test_defaults_are_the_seed_notebook():

@@ -19,7 +19,7 @@ def test_up_starts_the_stack_queues_the_seed_run_and_prints_the_gallery(tmp_path
     env.update({"LATENTFORGE_DATA_DIR": str(mnist_dir), "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
     log = tmp_path / "up.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "up", "--port", str(port)], cwd=tmp_path, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "latentforge.cli", "up", "--port", str(port)], cwd=tmp_path, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120

@@ -23,6 +23,8 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from shared.artifacts import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
+from shared.errors import CheckpointError
 from worker.files import atomic_path, write_json, write_jsonl
 from worker.models import ModelConfig, build_model
 
@@ -30,16 +32,6 @@ if TYPE_CHECKING:
     from worker.train import TrainState
 
 FORMAT = "latentforge.checkpoint/1"
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-METRICS_FILE = "metrics.jsonl"
-FIGURES_DIR = "figures"
-DECODER_FILE = "decoder.safetensors"
-CODES_FILE = "latent_codes.safetensors"
-
-
-class CheckpointError(Exception):
-    """The folder is not a readable checkpoint; the message says why."""
 
 
 def library_versions() -> dict[str, str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.errors import DatasetError
 from worker.files import sha256_of
 
 IDX_UBYTE = 0x08
@@ -34,10 +35,6 @@ SPLIT_FILES = {
 TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 DATASETS = tuple(TORCHVISION_FOLDERS)
 SPLITS = tuple(SPLIT_FILES)
-
-
-class DatasetError(Exception):
-    """A dataset file is missing, truncated or corrupt; the message names it."""
 
 
 @dataclass(frozen=True)

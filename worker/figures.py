@@ -1,6 +1,6 @@
 """Figures, drawn headless from NumPy arrays (no torch here).
 
-The first three are the seed notebook's figures as SPEC §1 describes them;
+The first three are the seed notebook's figures as the seed notebook draws them;
 the rest are LatentForge's own. Sizes are fixed (no tight bounding box) so a
 figure's pixel size is its figsize times its dpi. Every PNG gets a thumbnail
 beside it (``<name>.thumb.png``), and each file lands atomically.
@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from shared.artifacts import thumbnail_name  # noqa: E402
 from worker.files import atomic_path  # noqa: E402
 
 THUMB_SIZE = (320, 240)
@@ -28,7 +29,7 @@ FIGURE_DPI = 100
 
 
 def thumbnail_path(path: Path) -> Path:
-    return path.with_name(path.stem + ".thumb.png")
+    return path.with_name(Path(thumbnail_name(path.name)).name)
 
 
 def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = FIGURE_DPI) -> Path:

@@ -18,11 +18,19 @@ from torch import nn
 
 from shared.specs import TrainSpec
 from worker import figures
-from worker.checkpoint import (
+from shared.artifacts import (
     CODES_FILE,
+    CONFIG_FILE,
     DECODER_FILE,
     FIGURES_DIR,
     METRICS_FILE,
+    SCATTER_FIGURE,
+    WEIGHTS_FILE,
+    ArtifactFile,
+    ArtifactKind,
+    figure_files,
+)
+from worker.checkpoint import (
     export_codes,
     export_decoder,
     library_versions,
@@ -54,6 +62,8 @@ class TrainResult:
     history: list[EpochMetrics]
     seconds: float
     figures: list[Path]
+    artifacts: list[ArtifactFile]  # every file written, relative to the folder
+
 
 
 def _split_record(split: ImageSplit) -> dict:
@@ -79,7 +89,9 @@ def draw_train_figures(
     history: list[dict],
     folder: Path,
 ) -> list[Path]:
+    """The train job's figures, written under ``folder`` (the run's folder); returns their paths."""
     model.eval()
+    figs = folder / FIGURES_DIR
     device = test_x.device
     shape = train.image_shape
     latent_dim = model.config.latent_dim
@@ -87,7 +99,7 @@ def draw_train_figures(
 
     out.append(
         figures.latent_scatter(
-            train_codes, train.labels, folder / "latent_scatter.png",
+            train_codes, train.labels, folder / SCATTER_FIGURE,
             title=f"Latent space of the training set ({train.dataset}, {len(train):,} images)",
         )
     )
@@ -95,17 +107,17 @@ def draw_train_figures(
     originals = test_x[:RECONSTRUCTION_COUNT]
     with torch.no_grad():
         recon = model(originals).reconstruction.cpu().numpy()
-    out.append(figures.reconstructions(originals.cpu().numpy(), recon, shape, folder / "reconstructions.png"))
+    out.append(figures.reconstructions(originals.cpu().numpy(), recon, shape, figs / "reconstructions.png"))
 
     coords = seed_coordinates(latent_dim)
-    out.append(figures.decoded_grid(decode_points(model, coords, device), coords.tolist(), shape, folder / "generated.png"))
+    out.append(figures.decoded_grid(decode_points(model, coords, device), coords.tolist(), shape, figs / "generated.png"))
 
-    out.append(figures.loss_curve(history, folder / "loss_curve.png"))
+    out.append(figures.loss_curve(history, figs / "loss_curve.png"))
 
     if latent_dim == 2:
         xs, ys = figures.manifold_axes(train_codes, MANIFOLD_STEPS)
         grid = np.array([[x, y] for y in ys for x in xs], dtype=np.float32)
-        out.append(figures.latent_manifold(decode_points(model, grid, device), xs, ys, shape, folder / "latent_manifold.png"))
+        out.append(figures.latent_manifold(decode_points(model, grid, device), xs, ys, shape, figs / "latent_manifold.png"))
 
     # The first test digit and the first one of another class.
     first = 0
@@ -117,7 +129,7 @@ def draw_train_figures(
     out.append(
         figures.interpolation_strip(
             decode_points(model, path_codes, device), ends.cpu().numpy(), alphas, shape,
-            folder / "interpolation.png", (int(test.labels[first]), int(test.labels[second])),
+            figs / "interpolation.png", (int(test.labels[first]), int(test.labels[second])),
         )
     )
     return out
@@ -211,7 +223,7 @@ def run_training(
     state.model.eval()
     train_codes = encode_all(state.model, train_x)
     figure_paths = draw_train_figures(
-        state.model, train_split, test_split, train_codes, test_x, history, folder / FIGURES_DIR
+        state.model, train_split, test_split, train_codes, test_x, history, folder
     )
     export_decoder(state.model, folder / DECODER_FILE)
     export_codes(train_codes, train_split.labels, folder / CODES_FILE)
@@ -221,4 +233,9 @@ def run_training(
         f"done in {seconds:.1f}s: train {last.train_loss:.4f}, test {last.test_loss:.4f};"
         f" checkpoint and {len(figure_paths)} figures in {folder}"
     )
-    return TrainResult(folder=folder, history=list(state.history), seconds=seconds, figures=figure_paths)
+    artifacts = [ArtifactFile.of(CONFIG_FILE, ArtifactKind.CONFIG), ArtifactFile.of(WEIGHTS_FILE, ArtifactKind.CHECKPOINT),
+                 ArtifactFile.of(METRICS_FILE, ArtifactKind.METRICS), ArtifactFile.of(DECODER_FILE, ArtifactKind.DECODER),
+                 ArtifactFile.of(CODES_FILE, ArtifactKind.CODES)]
+    artifacts += [f for path in figure_paths for f in figure_files(path.relative_to(folder).as_posix())]
+    return TrainResult(folder=folder, history=list(state.history), seconds=seconds, figures=figure_paths,
+                       artifacts=artifacts)

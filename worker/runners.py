@@ -1,19 +1,23 @@
-"""Embed and sample jobs on a trained checkpoint (train jobs: worker.pipeline).
+"""The runners of the built-in job kinds (named in shared/kinds.py): train, embed and sample.
 
-Plain functions of (spec, folders): no queue or database here.
+A runner is a plain function of (spec, :class:`RunContext`) returning a
+:class:`RunOutput`: the manifest of the files it wrote into ``ctx.folder``
+and a summary to record as the job's progress. No queue or database here:
+the worker (worker/tasks.py) builds the context and records the output.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from shared.specs import EmbedSpec, SampleSpec
+from shared.artifacts import EMBEDDING_FIGURE, EMBEDDING_PCA_FIGURE, SAMPLES_FIGURE, ArtifactFile, ArtifactKind, figure_files
+from shared.errors import JobInputError
+from shared.specs import EmbedSpec, SampleSpec, TrainSpec, latent_width_problem
 from worker import figures
 from worker.checkpoint import load_model
 from worker.data import load_split
@@ -25,48 +29,66 @@ GMM_COMPONENTS = 10
 GMM_FIT_LIMIT = 20_000  # training codes used to fit the mixture
 
 
-class JobInputError(ValueError):
-    """The job's input does not fit its model; the message says how."""
+@dataclass
+class RunContext:
+    """What a runner works with: its own folder, a parent's published folder, the data, and the queue's hooks."""
+
+    folder: Path  # this attempt's folder: the runner writes here and nowhere else
+    data_dir: Path | None = None
+    allow_download: bool = False
+    parent_folder: Path | None = None  # the published files of the job this one works on
+    log: Callable[[str], None] = print
+    should_stop: Callable[[], bool] | None = None  # polled between batches (cancel, lost job, shutdown)
+    on_epoch: Callable[[Any, Any], None] | None = None  # (train state, metrics) after each epoch: resume points
+    resume_from: Path | None = None  # a verified resume state to continue from
 
 
 @dataclass(frozen=True)
 class RunOutput:
-    files: list[Path]
-    summary: dict
+    artifacts: list[ArtifactFile]  # every file written, relative to the folder
+    summary: dict | None  # recorded as the job's progress; None: recorded as it went
 
 
-def save_npy(path: Path, array: np.ndarray) -> Path:
-    with atomic_path(path) as tmp:
+def save_array(ctx: RunContext, name: str, array: np.ndarray) -> ArtifactFile:
+    with atomic_path(ctx.folder / name) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, array, allow_pickle=False)
-    return path
+    return ArtifactFile.of(name, ArtifactKind.ARRAY)
 
 
-def run_embed(
-    spec: EmbedSpec, model_dir: str | os.PathLike, out_dir: str | os.PathLike,
-    data_dir: str | os.PathLike | None = None, log: Callable[[str], None] = print,
-) -> RunOutput:
-    out = Path(out_dir)
-    model, config = load_model(model_dir)
+def run_train(spec: TrainSpec, ctx: RunContext) -> RunOutput:
+    from worker.pipeline import run_training
+
+    result = run_training(spec, ctx.folder, data_dir=ctx.data_dir, download=ctx.allow_download, log=ctx.log,
+                          on_epoch=ctx.on_epoch, should_stop=ctx.should_stop, resume_from=ctx.resume_from)
+    return RunOutput(result.artifacts, None)  # progress was recorded epoch by epoch
+
+
+def run_embed(spec: EmbedSpec, ctx: RunContext) -> RunOutput:
+    model, config = load_model(ctx.parent_folder)
     dataset = config["train"]["dataset"]
-    split = load_split(dataset, spec.split, data_dir)
+    split = load_split(dataset, spec.split, ctx.data_dir)
     count = len(split) if spec.limit is None else min(spec.limit, len(split))
     x = images_to_tensor(split, torch.device("cpu"))[:count]
     labels = split.labels[:count]
-    log(f"embedding {count:,} {dataset} {spec.split} images")
+    ctx.log(f"embedding {count:,} {dataset} {spec.split} images")
     codes = encode_all(model, x)
-    files = [save_npy(out / "codes.npy", codes.astype(np.float32)), save_npy(out / "labels.npy", labels.astype(np.int64))]
+    files = [save_array(ctx, "codes.npy", codes.astype(np.float32)), save_array(ctx, "labels.npy", labels.astype(np.int64))]
     title = f"Codes of {count:,} {dataset} {spec.split} images"
     latent_dim = codes.shape[1]
     if latent_dim <= 2:
-        files.append(figures.latent_scatter(codes, labels, out / "figures" / "embedding.png", title))
+        figures.latent_scatter(codes, labels, ctx.folder / EMBEDDING_FIGURE, title)
+        files += figure_files(EMBEDDING_FIGURE)
     else:
-        files.append(figures.latent_scatter(codes, labels, out / "figures" / "embedding_pca.png", title + " (PCA)"))
+        figures.latent_scatter(codes, labels, ctx.folder / EMBEDDING_PCA_FIGURE, title + " (PCA)")
         from sklearn.manifold import TSNE
 
-        log(f"t-SNE of {count:,} codes of dimension {latent_dim}")
-        points = TSNE(n_components=2, init="pca", random_state=0, perplexity=min(30.0, max(2.0, (count - 1) / 3))).fit_transform(codes)
-        files.append(figures.scatter_2d(points, labels, out / "figures" / "embedding_tsne.png", title + " (t-SNE)", ("t-SNE 1", "t-SNE 2")))
+        ctx.log(f"t-SNE of {count:,} codes of dimension {latent_dim}")
+        perplexity = min(30.0, max(2.0, (count - 1) / 3))
+        points = TSNE(n_components=2, init="pca", random_state=0, perplexity=perplexity).fit_transform(codes)
+        tsne = "figures/embedding_tsne.png"
+        figures.scatter_2d(points, labels, ctx.folder / tsne, title + " (t-SNE)", ("t-SNE 1", "t-SNE 2"))
+        files += figure_files(EMBEDDING_PCA_FIGURE) + figure_files(tsne)
     return RunOutput(files, {"count": count, "latent_dim": latent_dim, "dataset": dataset, "split": spec.split})
 
 
@@ -76,32 +98,29 @@ def fit_code_mixture(codes: np.ndarray, seed: int):
     return GaussianMixture(n_components=GMM_COMPONENTS, covariance_type="full", random_state=seed).fit(codes)
 
 
-def run_sample(
-    spec: SampleSpec, model_dir: str | os.PathLike, out_dir: str | os.PathLike,
-    data_dir: str | os.PathLike | None = None, log: Callable[[str], None] = print,
-) -> RunOutput:
-    out = Path(out_dir)
-    model, config = load_model(model_dir)
+def run_sample(spec: SampleSpec, ctx: RunContext) -> RunOutput:
+    model, config = load_model(ctx.parent_folder)
     latent_dim = int(config["model"]["latent_dim"])
     shape = tuple(config["model"]["input_shape"])
     if spec.latent_coords is not None:
+        if problem := latent_width_problem(spec.latent_coords, latent_dim):
+            raise JobInputError(f"latent_coords: {problem}")
         points = np.asarray(spec.latent_coords, dtype=np.float32)
-        if points.shape[1] != latent_dim:
-            raise JobInputError(f"latent_coords: points have {points.shape[1]} coordinates but the model's latent space has {latent_dim}")
         title, source = "Decoded latent points", "given"
     else:
         # A plain autoencoder has no prior: draw from a Gaussian mixture fitted to its training codes.
         dataset = config["train"]["dataset"]
-        train = load_split(dataset, "train", data_dir)
+        train = load_split(dataset, "train", ctx.data_dir)
         x = images_to_tensor(train, torch.device("cpu"))[:GMM_FIT_LIMIT]
         mixture = fit_code_mixture(encode_all(model, x), spec.seed)
         points = mixture.sample(spec.n)[0].astype(np.float32)
         title = f"{spec.n} samples from a {GMM_COMPONENTS}-component Gaussian mixture fitted to the training codes"
         source = "gmm"
-        log(f"fitted a {GMM_COMPONENTS}-component mixture to {len(x):,} training codes")
+        ctx.log(f"fitted a {GMM_COMPONENTS}-component mixture to {len(x):,} training codes")
     decoded = decode_points(model, points)
     images = decoded.reshape(len(points), *shape).astype(np.float32)
-    files = [save_npy(out / "images.npy", images), save_npy(out / "coords.npy", points)]
-    columns = min(len(points), 8)
-    files.append(figures.decoded_grid(decoded, points.tolist(), shape, out / "figures" / "samples.png", title=title, columns=columns))
+    files = [save_array(ctx, "images.npy", images), save_array(ctx, "coords.npy", points)]
+    figures.decoded_grid(decoded, points.tolist(), shape, ctx.folder / SAMPLES_FIGURE, title=title,
+                         columns=min(len(points), 8))
+    files += figure_files(SAMPLES_FIGURE)
     return RunOutput(files, {"count": len(points), "source": source})

@@ -1,10 +1,13 @@
 """The one module that joins the ML core to the database and the queue.
 
-A Celery task receives a job id, claims the job in the database (taking a new
-lease), runs it with the plain runners of ``worker.pipeline`` /
-``worker.runners`` in a folder that belongs to this attempt alone, records
-progress and the resume point after every epoch, and ends the job, publishing
-the attempt's files as its artifacts in the same fenced transaction. A monitor
+:class:`JobWorker` is built from a :class:`Settings` object and the queues
+it takes, as rq builds a ``Worker`` from a connection and queues: its Celery
+app, engine, job store and name are its own, made in ``__init__``, never at
+import. Its Celery task receives a job id, claims the job (taking a new
+lease), looks the kind up in the job-kind table and runs the kind's runner in
+a folder that belongs to this attempt alone, records progress and the resume
+point after every epoch, and ends the job, publishing exactly the files the
+runner listed as its artifacts in the same fenced transaction. A monitor
 thread keeps the worker's and the running job's heartbeats, notices cancel
 requests and lost ownership, runs the reaper, and looks for queued jobs whose
 message the broker lost. SIGTERM drains the worker: the running job ends its
@@ -22,38 +25,27 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from celery import signals
 from celery.exceptions import Reject
 from sqlalchemy.exc import SQLAlchemyError
 
+from shared.artifacts import ArtifactFile
 from shared.db import JobState, is_transient_db_error, make_engine, make_sessionmaker, utcnow
+from shared.errors import LatentForgeError
 from shared.jobstore import ArtifactRecord, Claim, JobStore
+from shared.kinds import get_kind, load_plugins
 from shared.migrate import check_schema
 from shared.queue import QUEUES, TASK_NAME, held_job_ids, make_celery, parse_job_id, publish
-from shared.settings import load_settings
-from shared.specs import EmbedSpec, JobKind, SampleSpec, SpecError, TrainSpec
+from shared.settings import Settings
 from worker.files import sha256_of
 
 log = logging.getLogger("latentforge.worker")
 
-settings = load_settings()
-app = make_celery(settings)
-engine = make_engine(settings.database_url)
-store = JobStore(make_sessionmaker(engine), lambda job_id, queue: publish(app, job_id, queue), settings.max_attempts)
-HOST = socket.gethostname()
-WORKER_NAME = f"{HOST}:{os.getpid()}"
 SWEEP_LEASE = "broker-sweep"
-
-CONTENT_TYPES = {
-    ".png": "image/png",
-    ".json": "application/json",
-    ".jsonl": "application/x-ndjson",
-    ".npy": "application/x-npy",
-    ".safetensors": "application/octet-stream",
-}
 RESUME_DIR = "resume"
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~<>-])/(?:[^\s/'\"]+/)+([^\s/'\":,;()]+)")
 T = TypeVar("T")
 
 
@@ -65,34 +57,7 @@ class HandBack(Exception):
     """The worker is shutting down: the job goes back to the queue from its newest checkpoint."""
 
 
-# -- database writes that survive a short outage ---------------------------------------
-
-
-def retrying(fn: Callable[..., T], *args: Any, patience_s: float | None = None, **kwargs: Any) -> T:
-    """Call ``fn``; retry transient database errors with backoff for up to ``patience_s``.
-
-    The default patience is the stale timeout: past it the reaper would hand
-    the job to another worker anyway. Other database errors are raised at once.
-    """
-    deadline = time.monotonic() + (settings.stale_after_seconds if patience_s is None else patience_s)
-    delay = 0.05
-    while True:
-        try:
-            return fn(*args, **kwargs)
-        except SQLAlchemyError as exc:
-            if not is_transient_db_error(exc) or time.monotonic() + delay > deadline:
-                raise
-            log.warning("%s: database unavailable (%s); retrying in %.2f s", fn.__name__, type(exc).__name__, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-
-# -- what a user may read -----------------------------------------------------------------
-
-ABSOLUTE_PATH = re.compile(r"(?<![\w.~<>-])/(?:[^\s/'\"]+/)+([^\s/'\":,;()]+)")
-
-
-def scrub(message: str) -> str:
+def scrub(message: str, settings: Settings) -> str:
     """One line for users: no server paths (the folder names are replaced, other paths cut to the file name)."""
     line = " ".join(message.split())
     for root, label in ((settings.artifact_dir, "<artifacts>"), (settings.data_dir, "<data dir>"),
@@ -101,15 +66,11 @@ def scrub(message: str) -> str:
     return ABSOLUTE_PATH.sub(lambda m: m.group(1), line)[:500]
 
 
-def error_for_user(exc: BaseException) -> tuple[str, str]:
-    """The (type, message) stored on a failed job. Bugs get a generic line; their traceback goes to the log."""
-    from worker.checkpoint import CheckpointError
-    from worker.data import DatasetError
-    from worker.runners import JobInputError
-    from worker.train import TrainingError
-
-    if isinstance(exc, (TrainingError, JobInputError, CheckpointError, DatasetError, SpecError)):
-        return type(exc).__name__, scrub(str(exc)) or type(exc).__name__
+def error_for_user(exc: BaseException, settings: Settings) -> tuple[str, str]:
+    """The (type, message) stored on a failed job: a user error's own message; for a bug a generic line
+    (its traceback goes to the log)."""
+    if isinstance(exc, LatentForgeError):
+        return type(exc).__name__, scrub(str(exc), settings) or type(exc).__name__
     if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
         return "OutOfMemory", "the job ran out of memory; try a smaller batch_size, hidden sizes or limit"
     if isinstance(exc, SQLAlchemyError):
@@ -117,105 +78,283 @@ def error_for_user(exc: BaseException) -> tuple[str, str]:
     return type(exc).__name__, f"the worker failed with an internal error ({type(exc).__name__}); see the worker's log"
 
 
-# -- files of one attempt ------------------------------------------------------------------
+class JobWorker:
+    def __init__(self, settings: Settings, queues: Sequence[str] = QUEUES, name: str | None = None):
+        load_plugins(settings.plugins)
+        self.settings = settings
+        self.queues = tuple(queues)
+        self.host = socket.gethostname()
+        self.name = name or f"{self.host}:{os.getpid()}"
+        self.app = make_celery(settings)
+        self.engine = make_engine(settings.database_url)
+        self.store = JobStore(make_sessionmaker(self.engine), lambda job_id, queue: publish(self.app, job_id, queue),
+                              settings.max_attempts)
+        self.monitor = Monitor(self)
+        self.app.task(name=TASK_NAME, ignore_result=True)(self.receive)
+        signals.worker_ready.connect(self._on_ready, weak=False)
+        signals.worker_shutting_down.connect(self._on_shutting_down, weak=False)
+        signals.worker_shutdown.connect(self._on_shutdown, weak=False)
 
+    def start(self, loglevel: str = "INFO") -> None:
+        """Run Celery in this process: one job at a time, in the main thread (nothing forks after CUDA starts)."""
+        self.app.worker_main([
+            "worker", "--queues", ",".join(self.queues), "--pool", "solo", "--concurrency", "1", "--loglevel", loglevel,
+            "--hostname", self.name.replace(":", "-") + "@%h", "--without-gossip", "--without-mingle",
+            "--without-heartbeat",
+        ])
 
-def artifact_kind(relative: Path) -> str:
-    name = relative.name
-    if name.endswith(".thumb.png"):
-        return "thumbnail"
-    if name.endswith(".png"):
-        return "figure"
-    if name.endswith(".npy"):
-        return "array"
-    return {"model.safetensors": "checkpoint", "config.json": "config", "metrics.jsonl": "metrics",
-            "decoder.safetensors": "decoder", "latent_codes.safetensors": "codes"}.get(name, "file")
+    # -- Celery's signals ---------------------------------------------------------------------
 
+    def _on_ready(self, **_: Any) -> None:
+        check_schema(self.engine)
+        if self.settings.worker_nice and hasattr(os, "nice"):
+            os.nice(self.settings.worker_nice)  # below the API and other services on this host
+        self.monitor.start()
+        from worker.pipeline import warm_up
 
-def collect_artifacts(folder: Path) -> list[ArtifactRecord]:
-    """Every finished file of an attempt's folder, confined to the artifact root, hashed now (verify on publish)."""
-    root = settings.artifact_dir.resolve()
-    records = []
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder)
-        if (
-            not path.is_file() or path.is_symlink() or relative.parts[0] == RESUME_DIR
-            or any(part.startswith(".") for part in relative.parts)
-        ):
-            continue
-        resolved = path.resolve()
-        if not resolved.is_relative_to(root):
-            raise RuntimeError(f"artifact {path} lies outside the artifact root {root}")
-        records.append(ArtifactRecord(
-            name=relative.as_posix(), kind=artifact_kind(relative),
-            content_type=CONTENT_TYPES.get(path.suffix, "application/octet-stream"),
-            size=path.stat().st_size, sha256=sha256_of(path), path=resolved.relative_to(root).as_posix(),
-        ))
-    return records
+        log.info("worker %s warmed up in %.1f s", self.name, warm_up())
+        log.info("worker %s ready (queues %s)", self.name, ",".join(self.queues))
 
+    def _on_shutting_down(self, **_: Any) -> None:
+        self.monitor.drain()
 
-def prune_attempt_folders(job_id: str) -> None:
-    """Remove the folders of attempts that lost, keeping the running or winning one and the checkpoint's."""
-    job_root = settings.artifact_dir / "jobs" / job_id
-    if not job_root.is_dir():
-        return
-    try:
-        keep = store.folders_in_use(job_id)
-    except SQLAlchemyError:
-        return  # the next claim or finish prunes
-    for child in job_root.glob("run-*"):
-        if f"jobs/{job_id}/{child.name}" not in keep and child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child, ignore_errors=True)
+    def _on_shutdown(self, **_: Any) -> None:
+        self.monitor.stop()
 
+    # -- database writes that survive a short outage --------------------------------------------
 
-def published_folder(job_id: str) -> Path:
-    relative = store.published_folder(job_id) or f"jobs/{job_id}"
-    return settings.artifact_dir / relative
+    def retrying(self, fn: Callable[..., T], *args: Any, patience_s: float | None = None, **kwargs: Any) -> T:
+        """Call ``fn``; retry transient database errors with backoff for up to ``patience_s``.
 
+        The default patience is the stale timeout: past it the reaper would hand
+        the job to another worker anyway. Other database errors are raised at once.
+        """
+        deadline = time.monotonic() + (self.settings.stale_after_seconds if patience_s is None else patience_s)
+        delay = 0.05
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except SQLAlchemyError as exc:
+                if not is_transient_db_error(exc) or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("%s: database unavailable (%s); retrying in %.2f s", fn.__name__, type(exc).__name__, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
-def resume_point(claim: Claim) -> Path | None:
-    """The checkpoint an owning attempt recorded, once its files are verified; None to start afresh."""
-    from worker.checkpoint import verify_training_state
+    # -- files of one attempt -------------------------------------------------------------------
 
-    pointer = claim.checkpoint
-    if not pointer:
-        return None
-    root = settings.artifact_dir.resolve()
-    folder = (root / str(pointer.get("path", ""))).resolve()
-    problem = ("it lies outside the artifact root" if not folder.is_relative_to(root)
-               else verify_training_state(folder, pointer.get("sha256") or {}))
-    if problem:
-        log.warning("job %s: not resuming from epoch %s (%s); starting afresh", claim.job_id, pointer.get("epoch"), problem)
-        return None
-    return folder
+    def record_artifacts(self, folder: Path, manifest: list[ArtifactFile]) -> list[ArtifactRecord]:
+        """The runner's manifest as artifact rows: each file confined to the artifact root, hashed now
+        (verify on publish)."""
+        root = self.settings.artifact_dir.resolve()
+        records = []
+        for item in manifest:
+            path = folder / item.name
+            resolved = path.resolve()
+            if path.is_symlink() or not resolved.is_relative_to(folder.resolve()) or not resolved.is_relative_to(root):
+                raise RuntimeError(f"artifact {item.name} lies outside its run's folder")
+            if not path.is_file():
+                raise RuntimeError(f"the runner listed {item.name}, which it did not write")
+            records.append(ArtifactRecord(
+                name=item.name, kind=item.kind.value, content_type=item.content_type, size=path.stat().st_size,
+                sha256=sha256_of(path), path=resolved.relative_to(root).as_posix(),
+            ))
+        return records
 
-
-def configure_threads(claim: Claim) -> int:
-    """Intra-op threads for this job: the CPUs this worker may use shared among the workers on its host.
-
-    A resumed job keeps the count of the attempt it resumes: reductions then
-    run in the same order, so its losses match an uninterrupted run bit for bit.
-    """
-    import torch
-
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if settings.torch_threads:
-        threads, why = settings.torch_threads, "LATENTFORGE_TORCH_THREADS"
-    elif claim.checkpoint and claim.checkpoint.get("torch_threads"):
-        threads, why = int(claim.checkpoint["torch_threads"]), "as the attempt it resumes"
-    else:
+    def prune_attempt_folders(self, job_id: str) -> None:
+        """Remove the folders of attempts that lost, keeping the running or winning one and the checkpoint's."""
+        job_root = self.settings.artifact_dir / "jobs" / job_id
+        if not job_root.is_dir():
+            return
         try:
-            workers_here = store.live_workers_on(HOST, settings.stale_after_seconds)
+            keep = self.store.folders_in_use(job_id)
         except SQLAlchemyError:
-            workers_here = 1
-        threads = max(1, cpus // max(1, workers_here))
-        why = f"{cpus} CPUs, {workers_here} worker(s) on this host"
-    torch.set_num_threads(threads)
-    log.info("job %s: %d torch thread(s) (%s)", claim.job_id, threads, why)
-    return threads
+            return  # the next claim or finish prunes
+        for child in job_root.glob("run-*"):
+            if f"jobs/{job_id}/{child.name}" not in keep and child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+
+    def resume_point(self, claim: Claim) -> Path | None:
+        """The checkpoint an owning attempt recorded, once its files are verified; None to start afresh."""
+        from worker.checkpoint import verify_training_state
+
+        pointer = claim.checkpoint
+        if not pointer:
+            return None
+        root = self.settings.artifact_dir.resolve()
+        folder = (root / str(pointer.get("path", ""))).resolve()
+        problem = ("it lies outside the artifact root" if not folder.is_relative_to(root)
+                   else verify_training_state(folder, pointer.get("sha256") or {}))
+        if problem:
+            log.warning("job %s: not resuming from epoch %s (%s); starting afresh", claim.job_id, pointer.get("epoch"),
+                        problem)
+            return None
+        return folder
+
+    def configure_threads(self, claim: Claim) -> int:
+        """Intra-op threads for this job: the CPUs this worker may use shared among the workers on its host.
+
+        A resumed job keeps the count of the attempt it resumes: reductions then
+        run in the same order, so its losses match an uninterrupted run bit for bit.
+        """
+        import torch
+
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if self.settings.torch_threads:
+            threads, why = self.settings.torch_threads, "LATENTFORGE_TORCH_THREADS"
+        elif claim.checkpoint and claim.checkpoint.get("torch_threads"):
+            threads, why = int(claim.checkpoint["torch_threads"]), "as the attempt it resumes"
+        else:
+            try:
+                workers_here = self.store.live_workers_on(self.host, self.settings.stale_after_seconds)
+            except SQLAlchemyError:
+                workers_here = 1
+            threads = max(1, cpus // max(1, workers_here))
+            why = f"{cpus} CPUs, {workers_here} worker(s) on this host"
+        torch.set_num_threads(threads)
+        log.info("job %s: %d torch thread(s) (%s)", claim.job_id, threads, why)
+        return threads
+
+    # -- running one job ------------------------------------------------------------------------
+
+    def run_claimed(self, claim: Claim, folder: Path):
+        """Run one job's work with its kind's runner; returns the RunOutput. Raises on failure."""
+        from worker.checkpoint import save_training_state
+        from worker.runners import RunContext
+
+        kind = get_kind(claim.kind)
+        spec = kind.parse(claim.spec)
+        threads = self.configure_threads(claim)
+        resume_root = folder / RESUME_DIR
+
+        def on_epoch(state: Any, metrics: Any) -> None:
+            # The resume state first, in a folder of its own; then the pointer
+            # to it, fenced: only an attempt that owns the job moves it.
+            relative = f"{claim.folder}/{RESUME_DIR}/epoch-{state.epoch:06d}"
+            digests = save_training_state(self.settings.artifact_dir / relative, state)
+            pointer = {"lease": claim.lease, "epoch": state.epoch, "path": relative, "sha256": digests,
+                       "torch_threads": threads}
+            total = getattr(spec, "epochs", state.epoch)
+            progress = {**metrics.to_dict(), "total": total, "history": [m.to_dict() for m in state.history]}
+            if not self.retrying(self.store.record_progress, claim, progress, pointer):
+                self.monitor.lost.set()
+                raise AttemptLost(f"attempt {claim.attempt} lost the job after epoch {state.epoch}")
+            for older in resume_root.iterdir():  # the pointer has moved on: older states are not needed
+                if older.name != f"epoch-{state.epoch:06d}":
+                    shutil.rmtree(older, ignore_errors=True)
+            if self.monitor.draining.is_set() and state.epoch < total:
+                raise HandBack(f"its worker shut down; handed back after epoch {state.epoch}")
+
+        parent = None
+        if kind.parent and claim.parent_id:
+            parent = self.settings.artifact_dir / (self.store.published_folder(claim.parent_id) or f"jobs/{claim.parent_id}")
+        ctx = RunContext(
+            folder=folder, data_dir=self.settings.data_dir, allow_download=self.settings.allow_download,
+            parent_folder=parent, log=lambda line: log.info("job %s: %s", claim.job_id, line),
+            should_stop=self.monitor.should_stop, on_epoch=on_epoch, resume_from=self.resume_point(claim),
+        )
+        return kind.load_runner()(spec, ctx)
+
+    def drop_message(self, what: str) -> None:
+        """A message that cannot name a job: acknowledged and dropped, once, with one log line and a count."""
+        log.error("dropped a message that names no job: %s", what)
+        try:
+            self.store.count_dropped(self.name)
+        except SQLAlchemyError:
+            pass
+
+    def receive(self, *args: Any, **kwargs: Any) -> None:
+        """The Celery task: a message should name one job."""
+        job_id = parse_job_id(args, kwargs)
+        if job_id is None:
+            self.drop_message(ascii((args, kwargs))[:200])
+            return
+        self.execute(job_id)
+
+    def execute(self, job_id: str) -> JobState | None:
+        """Claim and run one job, wrapped so that every outcome ends in the job row (or, if the
+        database stays away, in a running row with a stale heartbeat that the reaper requeues)."""
+        from worker.train import TrainingCancelled
+
+        if self.monitor.draining.is_set():
+            raise Reject("the worker is shutting down", requeue=True)
+        try:
+            claim = self.store.claim(job_id, self.name)
+        except SQLAlchemyError as exc:
+            if not is_transient_db_error(exc):
+                self.drop_message(f"job {job_id}: the claim failed with {type(exc).__name__}")
+                log.debug("claim of %s failed", job_id, exc_info=True)
+                return None
+            # The database is away: hand the message back rather than acknowledge
+            # (and so lose) it; the broker delivers it again.
+            log.warning("job %s: cannot claim (%s); message returned to the queue", job_id, exc.__class__.__name__)
+            time.sleep(self.settings.heartbeat_seconds)
+            raise Reject(type(exc).__name__, requeue=True) from None
+        if claim is None:
+            log.info("job %s: not claimable (already taken, finished or cancelled); message dropped", job_id)
+            return None
+        log.info("job %s: %s, attempt %d, lease %d", job_id, claim.kind, claim.attempt, claim.lease)
+        folder = self.settings.artifact_dir / claim.folder
+        self.prune_attempt_folders(job_id)
+        monitor = self.monitor
+        monitor.begin(claim)
+        outcome: str
+        artifacts: list[ArtifactRecord] = []
+        error: tuple[str, str] | None = None
+        hand_back_reason = "its worker shut down mid-epoch"
+        try:
+            output = self.run_claimed(claim, folder)
+            if output.summary is not None and not self.retrying(self.store.record_progress, claim, output.summary):
+                monitor.lost.set()
+            artifacts = self.record_artifacts(folder, output.artifacts)
+            outcome = "succeeded"
+        except (AttemptLost, TrainingCancelled, HandBack) as stop:
+            outcome = ("lost" if monitor.lost.is_set() else "cancelled" if monitor.cancel.is_set()
+                       else "handback" if monitor.draining.is_set() else "lost")
+            if isinstance(stop, HandBack):
+                hand_back_reason = str(stop)
+        except SQLAlchemyError as exc:
+            if not is_transient_db_error(exc):
+                log.exception("job %s failed", job_id)
+                outcome, error = "failed", error_for_user(exc, self.settings)
+            else:
+                log.error("job %s: the database stayed away for over %g s; leaving the job to the reaper",
+                          job_id, self.settings.stale_after_seconds)
+                outcome = "abandoned"
+        except Exception as exc:  # the one error wrapper: the client sees one line, the log the traceback
+            if isinstance(exc, LatentForgeError):
+                log.error("job %s failed: %s", job_id, exc)
+            else:
+                log.exception("job %s failed", job_id)
+            outcome, error = "failed", error_for_user(exc, self.settings)
+        finally:
+            monitor.end()
+        if monitor.lost.is_set():
+            outcome = "lost"
+        try:
+            if outcome == "handback":
+                if self.retrying(self.store.hand_back, claim, hand_back_reason):
+                    log.info("job %s: handed back to the queue (%s)", job_id, hand_back_reason)
+                    return None
+                outcome = "lost"
+            if outcome in ("succeeded", "failed", "cancelled"):
+                state = JobState(outcome)
+                if self.retrying(self.store.finish, claim, state, error=error, artifacts=artifacts):
+                    log.info("job %s: %s", job_id, state.value)
+                    self.prune_attempt_folders(job_id)
+                    return state
+                outcome = "lost"
+        except SQLAlchemyError as exc:
+            log.error("job %s: could not record its end (%s); the reaper requeues it", job_id, type(exc).__name__)
+            return None
+        if outcome == "lost":
+            log.warning("job %s: attempt %d lost the job before finishing; its result is discarded", job_id,
+                        claim.attempt)
+            self.prune_attempt_folders(job_id)
+        return None
 
 
-# -- the monitor thread -----------------------------------------------------------------------
+# -- the monitor thread ---------------------------------------------------------------------------
 
 
 class LostMessageSweeper:
@@ -230,19 +369,21 @@ class LostMessageSweeper:
     harmless anyway, as the claim runs a job once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, worker: JobWorker) -> None:
+        self.worker = worker
         self.suspects: set[str] = set()
 
     def sweep(self) -> int:
+        store, settings = self.worker.store, self.worker.settings
         interval = settings.broker_check_seconds
-        if not store.acquire_lease(SWEEP_LEASE, WORKER_NAME, 3 * interval):
+        if not store.acquire_lease(SWEEP_LEASE, self.worker.name, 3 * interval):
             self.suspects.clear()
             return 0
         queued = store.queued_published_before(utcnow() - timedelta(seconds=interval))
         if not queued:
             self.suspects.clear()
             return 0
-        held = held_job_ids(app, QUEUES, unacked_within_s=settings.stale_after_seconds)
+        held = held_job_ids(self.worker.app, QUEUES, unacked_within_s=settings.stale_after_seconds)
         if held is None:  # a broker whose messages cannot be listed
             return 0
         missing = set(queued) - held
@@ -256,14 +397,14 @@ class LostMessageSweeper:
 class Monitor:
     """Background heartbeats, cancel and ownership checks, the reaper and the lost-message sweep."""
 
-    def __init__(self, queues: str):
-        self.queues = queues
+    def __init__(self, worker: JobWorker):
+        self.worker = worker
         self.claim: Claim | None = None
         self.cancel = threading.Event()
         self.lost = threading.Event()
         self.draining = threading.Event()
         self.drain_deadline = float("inf")
-        self.sweeper = LostMessageSweeper()
+        self.sweeper = LostMessageSweeper(worker)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="latentforge-monitor", daemon=True)
@@ -277,8 +418,8 @@ class Monitor:
         if self._thread.is_alive():
             self._thread.join(timeout=10)
         try:
-            store.release_lease(SWEEP_LEASE, WORKER_NAME)
-            store.worker_gone(WORKER_NAME)
+            self.worker.store.release_lease(SWEEP_LEASE, self.worker.name)
+            self.worker.store.worker_gone(self.worker.name)
         except SQLAlchemyError:
             log.warning("could not remove this worker's row; it expires on its own")
 
@@ -286,10 +427,11 @@ class Monitor:
         """Warm shutdown: take no new job; the running one stops at its epoch's end or after the grace."""
         if self.draining.is_set():  # a second signal does not extend the grace
             return
-        self.drain_deadline = time.monotonic() + settings.shutdown_grace_seconds
+        grace = self.worker.settings.shutdown_grace_seconds
+        self.drain_deadline = time.monotonic() + grace
         self.draining.set()
         log.info("worker %s: shutting down; the running job (if any) is checkpointed and handed back within %g s",
-                 WORKER_NAME, settings.shutdown_grace_seconds)
+                 self.worker.name, grace)
 
     def begin(self, claim: Claim) -> None:
         with self._lock:
@@ -309,9 +451,11 @@ class Monitor:
     def beat(self) -> None:
         # Held across the database calls: once end() returns, no heartbeat of
         # the finished attempt is in flight to find the job "lost".
+        store = self.worker.store
         with self._lock:
             claim = self.claim
-            store.worker_seen(WORKER_NAME, self.queues, claim.job_id if claim else None, self.draining.is_set())
+            store.worker_seen(self.worker.name, ",".join(self.worker.queues), claim.job_id if claim else None,
+                              self.draining.is_set())
             if claim is not None:
                 owned, cancel = store.heartbeat(claim)
                 if not owned:
@@ -332,6 +476,7 @@ class Monitor:
             log.warning("monitor: %s failed (%s: %s)", name, type(exc).__name__, exc)
 
     def _loop(self) -> None:
+        settings = self.worker.settings
         next_reap = 0.0
         next_sweep = time.monotonic() + settings.broker_check_seconds
         while not self._stop.wait(settings.heartbeat_seconds):
@@ -344,175 +489,7 @@ class Monitor:
                 self._chore("lost-message sweep", self.sweeper.sweep)
                 next_sweep = now + settings.broker_check_seconds
 
-    @staticmethod
-    def _reap() -> None:
-        counts = store.reap(settings.stale_after_seconds)
+    def _reap(self) -> None:
+        counts = self.worker.store.reap(self.worker.settings.stale_after_seconds)
         if any(counts.values()):
             log.info("reaper: %s", counts)
-
-
-monitor = Monitor(os.environ.get("LATENTFORGE_WORKER_QUEUES", "gpu,cpu"))
-
-
-# -- running one job ----------------------------------------------------------------------------
-
-
-def run_claimed(
-    claim: Claim, folder: Path, should_stop: Callable[[], bool], log_line: Callable[[str], None]
-) -> dict[str, Any] | None:
-    """Run one job's work; returns the summary to record as its progress. Raises on failure."""
-    from worker.checkpoint import save_training_state
-    from worker.pipeline import run_training
-    from worker.runners import run_embed, run_sample
-
-    kind = JobKind(claim.kind)
-    if kind is JobKind.TRAIN:
-        spec = TrainSpec.from_dict(claim.spec)
-        resume_root = folder / RESUME_DIR
-
-        def on_epoch(state: Any, metrics: Any) -> None:
-            # The resume state first, in a folder of its own; then the pointer
-            # to it, fenced: only an attempt that owns the job moves it.
-            relative = f"{claim.folder}/{RESUME_DIR}/epoch-{state.epoch:06d}"
-            digests = save_training_state(settings.artifact_dir / relative, state)
-            pointer = {"lease": claim.lease, "epoch": state.epoch, "path": relative, "sha256": digests,
-                       "torch_threads": threads}
-            progress = {**metrics.to_dict(), "total": spec.epochs, "history": [m.to_dict() for m in state.history]}
-            if not retrying(store.record_progress, claim, progress, pointer):
-                monitor.lost.set()
-                raise AttemptLost(f"attempt {claim.attempt} lost the job after epoch {state.epoch}")
-            for older in resume_root.iterdir():  # the pointer has moved on: older states are not needed
-                if older.name != f"epoch-{state.epoch:06d}":
-                    shutil.rmtree(older, ignore_errors=True)
-            if monitor.draining.is_set() and state.epoch < spec.epochs:
-                raise HandBack(f"its worker shut down; handed back after epoch {state.epoch}")
-
-        threads = configure_threads(claim)
-        run_training(
-            spec, folder, data_dir=settings.data_dir, download=settings.allow_download, log=log_line, on_epoch=on_epoch,
-            should_stop=should_stop, resume_from=resume_point(claim),
-        )
-        return None  # its progress was recorded epoch by epoch
-    configure_threads(claim)
-    parent_dir = published_folder(claim.parent_id or "")
-    if kind is JobKind.EMBED:
-        output = run_embed(EmbedSpec.from_dict(claim.spec), parent_dir, folder, settings.data_dir, log=log_line)
-    else:
-        output = run_sample(SampleSpec.from_dict(claim.spec), parent_dir, folder, settings.data_dir, log=log_line)
-    return output.summary
-
-
-def drop_message(what: str) -> None:
-    """A message that cannot name a job: acknowledged and dropped, once, with one log line and a count."""
-    log.error("dropped a message that names no job: %s", what)
-    try:
-        store.count_dropped(WORKER_NAME)
-    except SQLAlchemyError:
-        pass
-
-
-def execute_job(job_id: str) -> JobState | None:
-    """Claim and run one job, wrapped so that every outcome ends in the job row (or, if the
-    database stays away, in a running row with a stale heartbeat that the reaper requeues)."""
-    from worker.train import TrainingCancelled
-
-    if monitor.draining.is_set():
-        raise Reject("the worker is shutting down", requeue=True)
-    try:
-        claim = store.claim(job_id, WORKER_NAME)
-    except SQLAlchemyError as exc:
-        if not is_transient_db_error(exc):
-            drop_message(f"job {job_id}: the claim failed with {type(exc).__name__}")
-            log.debug("claim of %s failed", job_id, exc_info=True)
-            return None
-        # The database is away: hand the message back rather than acknowledge
-        # (and so lose) it; the broker delivers it again.
-        log.warning("job %s: cannot claim (%s); message returned to the queue", job_id, exc.__class__.__name__)
-        time.sleep(settings.heartbeat_seconds)
-        raise Reject(type(exc).__name__, requeue=True) from None
-    if claim is None:
-        log.info("job %s: not claimable (already taken, finished or cancelled); message dropped", job_id)
-        return None
-    log.info("job %s: %s, attempt %d, lease %d", job_id, claim.kind, claim.attempt, claim.lease)
-    folder = settings.artifact_dir / claim.folder
-    prune_attempt_folders(job_id)
-    monitor.begin(claim)
-    outcome: str
-    artifacts: list[ArtifactRecord] = []
-    error: tuple[str, str] | None = None
-    try:
-        summary = run_claimed(claim, folder, monitor.should_stop, lambda line: log.info("job %s: %s", job_id, line))
-        if summary is not None and not retrying(store.record_progress, claim, summary):
-            monitor.lost.set()
-        artifacts = collect_artifacts(folder)
-        outcome = "succeeded"
-    except (AttemptLost, TrainingCancelled, HandBack) as stop:
-        outcome = ("lost" if monitor.lost.is_set() else "cancelled" if monitor.cancel.is_set()
-                   else "handback" if monitor.draining.is_set() else "lost")
-        hand_back_reason = str(stop) if isinstance(stop, HandBack) else "its worker shut down mid-epoch"
-    except SQLAlchemyError as exc:
-        if not is_transient_db_error(exc):
-            log.exception("job %s failed", job_id)
-            outcome, error = "failed", error_for_user(exc)
-        else:
-            log.error("job %s: the database stayed away for over %g s; leaving the job to the reaper",
-                      job_id, settings.stale_after_seconds)
-            outcome = "abandoned"
-    except Exception as exc:  # the one error wrapper: the client sees one line, the log the traceback
-        log.exception("job %s failed", job_id)
-        outcome, error = "failed", error_for_user(exc)
-    finally:
-        monitor.end()
-    if monitor.lost.is_set():
-        outcome = "lost"
-    try:
-        if outcome == "handback":
-            if retrying(store.hand_back, claim, hand_back_reason):
-                log.info("job %s: handed back to the queue (%s)", job_id, hand_back_reason)
-                return None
-            outcome = "lost"
-        if outcome in ("succeeded", "failed", "cancelled"):
-            state = JobState(outcome)
-            if retrying(store.finish, claim, state, error=error, artifacts=artifacts):
-                log.info("job %s: %s", job_id, state.value)
-                prune_attempt_folders(job_id)
-                return state
-            outcome = "lost"
-    except SQLAlchemyError as exc:
-        log.error("job %s: could not record its end (%s); the reaper requeues it", job_id, type(exc).__name__)
-        return None
-    if outcome == "lost":
-        log.warning("job %s: attempt %d lost the job before finishing; its result is discarded", job_id, claim.attempt)
-        prune_attempt_folders(job_id)
-    return None
-
-
-@app.task(name=TASK_NAME, ignore_result=True)
-def run_job(*args: Any, **kwargs: Any) -> None:
-    job_id = parse_job_id(args, kwargs)
-    if job_id is None:
-        drop_message(ascii((args, kwargs))[:200])
-        return
-    execute_job(job_id)
-
-
-@signals.worker_ready.connect
-def _on_worker_ready(**_: Any) -> None:
-    check_schema(engine)
-    if settings.worker_nice and hasattr(os, "nice"):
-        os.nice(settings.worker_nice)  # below the API and other services on this host
-    monitor.start()
-    from worker.pipeline import warm_up
-
-    log.info("worker %s warmed up in %.1f s", WORKER_NAME, warm_up())
-    log.info("worker %s ready (queues %s)", WORKER_NAME, monitor.queues)
-
-
-@signals.worker_shutting_down.connect
-def _on_worker_shutting_down(**_: Any) -> None:
-    monitor.drain()
-
-
-@signals.worker_shutdown.connect
-def _on_worker_shutdown(**_: Any) -> None:
-    monitor.stop()

@@ -32,16 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.errors import TrainingError
 from shared.specs import TrainSpec
 from worker.data import ImageSplit
 from worker.models import ModelConfig, build_model
 
 EVAL_BATCH = 256  # test loss: mean over batches of this size, like a test DataLoader
 EVAL_CHUNK = 4096  # rows per forward pass when evaluating (memory bound, not numerics)
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss); the message says where."""
 
 
 class TrainingCancelled(Exception):

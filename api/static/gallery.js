@@ -32,7 +32,7 @@ async function showThumbnail(row, jobId) {
   const response = await fetch(API + "/jobs/" + jobId);
   if (!response.ok) return;
   const job = await response.json();
-  const prefer = ["figures/latent_scatter.thumb.png", "figures/embedding.thumb.png", "figures/embedding_pca.thumb.png", "figures/samples.thumb.png"];
+  const prefer = JSON.parse(document.getElementById("runs").dataset.thumbs || "[]"); // the server's headline figures
   const thumb = prefer.map((n) => job.artifacts.find((a) => a.name === n)).find(Boolean) || job.artifacts.find((a) => a.kind === "thumbnail");
   if (!thumb) return;
   const img = document.createElement("img");

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,11 +15,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from shared.kinds import KINDS, form_value, load_plugins
 from shared.settings import SettingsError, load_settings
 from shared.specs import DEVICES, PRESETS, SpecError, TrainSpec
-
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
-
 
 class UsageError(Exception):
     """Bad command-line input: reported in one line, exit status 2."""
@@ -39,10 +36,7 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
         key, sep, raw = text.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"--set expects key=value, got {text!r}")
-        try:
-            fields[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            fields[key.strip()] = raw  # a bare word such as cpu or mnist
+        fields[key.strip()] = form_value(raw)  # JSON, a list of numbers, or a bare word such as cpu
     return fields
 
 
@@ -134,19 +128,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not args.no_supervise:
         import logging
 
-        from shared.supervisor import supervise
+        from latentforge.supervisor import supervise
 
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s/supervisor] %(message)s")
-        child = [sys.executable, "-m", "shared.cli", "worker", "--queues", queues, "--loglevel", args.loglevel,
+        child = [sys.executable, "-m", "latentforge.cli", "worker", "--queues", queues, "--loglevel", args.loglevel,
                  "--no-supervise"]
         return supervise(child, load_settings())
-    os.environ["LATENTFORGE_WORKER_QUEUES"] = queues
-    from worker.tasks import WORKER_NAME, app
+    from worker.tasks import JobWorker
 
-    app.worker_main([
-        "worker", "--queues", queues, "--pool", "solo", "--concurrency", "1", "--loglevel", args.loglevel,
-        "--hostname", WORKER_NAME.replace(":", "-") + "@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
-    ])
+    JobWorker(load_settings(), queues.split(",")).start(args.loglevel)
     return 0
 
 
@@ -164,7 +154,7 @@ def cmd_health(args: argparse.Namespace) -> int:
         mine = [w for w in store.live_workers(settings.stale_after_seconds) if w.hostname.startswith(prefix)]
         print(f"{len(mine)} live worker(s) on {prefix[:-1]}")
         return 0 if mine else 1
-    from shared.client import ApiError
+    from latentforge.client import ApiError
 
     client = _client(args)
     try:
@@ -177,7 +167,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def _wait_for_api(url: str, seconds: float, procs: list[subprocess.Popen]) -> None:
-    from shared.client import ApiError, Client
+    from latentforge.client import ApiError, Client
 
     client = Client(url, timeout=2)
     deadline = time.monotonic() + seconds
@@ -195,11 +185,11 @@ def _wait_for_api(url: str, seconds: float, procs: list[subprocess.Popen]) -> No
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from shared.client import Client
+    from latentforge.client import Client
 
     settings = load_settings()
     cmd_db_upgrade(args)
-    base = [sys.executable, "-m", "shared.cli"]
+    base = [sys.executable, "-m", "latentforge.cli"]
     procs = [
         subprocess.Popen(base + ["api", "--host", args.host, "--port", str(args.port)]),
         subprocess.Popen(base + ["worker", "--queues", "gpu,cpu"]),
@@ -242,7 +232,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace):
-    from shared.client import Client
+    from latentforge.client import Client
 
     settings = load_settings()
     return Client(args.url or settings.api_url, settings.api_token)
@@ -261,6 +251,9 @@ def _bar(progress: dict[str, Any], width: int = 30) -> str:
 
 def follow(client: Any, job_id: str, out=sys.stdout, poll_s: float = 0.5) -> dict[str, Any]:
     """Show a job's progress until it ends; returns the final job."""
+    from shared.db import FINISHED_STATES
+
+    finished = {state.value for state in FINISHED_STATES}
     tty = out.isatty()
     last = None
     while True:
@@ -270,7 +263,7 @@ def follow(client: Any, job_id: str, out=sys.stdout, poll_s: float = 0.5) -> dic
             out.write(("\r" + line.ljust(90)) if tty else line + "\n")
             out.flush()
             last = line
-        if job["state"] in TERMINAL_STATES:
+        if job["state"] in finished:
             if tty:
                 out.write("\n")
             return job
@@ -367,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(handler=cmd_worker)
 
     submit = sub.add_parser("submit", help="queue a job through the API")
-    submit.add_argument("kind", choices=["train", "embed", "sample"])
+    submit.add_argument("kind", choices=list(KINDS), help="; ".join(f"{k.name}: {k.help}" for k in KINDS.values()))
     submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a spec field (JSON value)")
     submit.add_argument("--name")
     submit.add_argument("--tag", action="append", default=[])
@@ -384,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = sub.add_parser("jobs", help="list, show, watch or cancel jobs")
     jobs.add_argument("action", choices=["list", "show", "watch", "cancel"])
     jobs.add_argument("job_id", nargs="?")
-    jobs.add_argument("--kind", choices=["train", "embed", "sample"])
+    jobs.add_argument("--kind", choices=list(KINDS))
     jobs.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
     jobs.add_argument("--limit", type=int, default=20)
     jobs.add_argument("--url")
@@ -393,8 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from shared.client import ApiError
+    from latentforge.client import ApiError
 
+    try:
+        load_plugins(load_settings().plugins)  # their kinds are choices of submit and jobs
+    except SettingsError as exc:
+        print(f"latentforge: error: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,77 @@
+"""What a job's files are called and what they are: one vocabulary for runners, worker and gallery.
+
+A runner returns a manifest, a list of :class:`ArtifactFile` (a name relative
+to its folder, a kind, a content type); the worker records exactly those, and
+the gallery finds a run's figures, decoder and codes by the same names and
+kinds, never by guessing from a folder's contents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import PurePosixPath
+
+
+class ArtifactKind(str, Enum):
+    CHECKPOINT = "checkpoint"
+    CONFIG = "config"
+    METRICS = "metrics"
+    FIGURE = "figure"
+    THUMBNAIL = "thumbnail"
+    ARRAY = "array"
+    DECODER = "decoder"
+    CODES = "codes"
+    FILE = "file"
+
+
+# A checkpoint folder (worker/checkpoint.py) and what a train job exports beside it.
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+METRICS_FILE = "metrics.jsonl"
+DECODER_FILE = "decoder.safetensors"
+CODES_FILE = "latent_codes.safetensors"
+FIGURES_DIR = "figures"
+
+# Figures that stand for a run in lists (the first a run has), written by the train, embed and sample runners.
+SCATTER_FIGURE = "figures/latent_scatter.png"
+EMBEDDING_FIGURE = "figures/embedding.png"
+EMBEDDING_PCA_FIGURE = "figures/embedding_pca.png"
+SAMPLES_FIGURE = "figures/samples.png"
+HEADLINE_FIGURES = (SCATTER_FIGURE, EMBEDDING_FIGURE, EMBEDDING_PCA_FIGURE, SAMPLES_FIGURE)
+
+CONTENT_TYPES = {
+    ".png": "image/png",
+    ".json": "application/json",
+    ".jsonl": "application/x-ndjson",
+    ".npy": "application/x-npy",
+    ".safetensors": "application/octet-stream",
+}
+
+
+def thumbnail_name(figure: str) -> str:
+    """``figures/x.png`` -> ``figures/x.thumb.png``: every figure has its thumbnail beside it."""
+    path = PurePosixPath(figure)
+    return str(path.with_name(path.stem + ".thumb.png"))
+
+
+def content_type_of(name: str) -> str:
+    return CONTENT_TYPES.get(PurePosixPath(name).suffix, "application/octet-stream")
+
+
+@dataclass(frozen=True)
+class ArtifactFile:
+    """One file a runner wrote: its path relative to the run's folder (POSIX), its kind and content type."""
+
+    name: str
+    kind: ArtifactKind
+    content_type: str
+
+    @classmethod
+    def of(cls, name: str, kind: ArtifactKind) -> "ArtifactFile":
+        return cls(name, kind, content_type_of(name))
+
+
+def figure_files(name: str) -> list[ArtifactFile]:
+    """A figure and its thumbnail."""
+    return [ArtifactFile.of(name, ArtifactKind.FIGURE), ArtifactFile.of(thumbnail_name(name), ArtifactKind.THUMBNAIL)]

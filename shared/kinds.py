@@ -1,0 +1,132 @@
+"""The table of job kinds: one row per kind, read by the API, the gallery, the CLI and the worker.
+
+A row says what a kind's spec is, which parent job it needs and what it
+checks against it, which queue it goes to, which function runs it, and how
+the CLI describes it. The runner is named as ``"module:function"`` and only
+workers import it, so the API never loads torch. The gallery's form for a
+kind is its template ``forms/<kind>.html`` if there is one, else a form drawn
+from the spec's fields; either way its fields turn into the spec by
+:func:`form_fields`.
+
+Adding a kind is one :func:`register` call plus its runner: in this module,
+or in a plugin module named by ``LATENTFORGE_PLUGINS``, which API, worker
+and CLI import at start.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+from shared.errors import SpecError
+from shared.specs import EmbedSpec, SampleSpec, Spec, TrainSpec, latent_width_problem
+
+
+@dataclass(frozen=True)
+class ParentRule:
+    """A kind that works on another job's output: which field names the parent, which kinds it may be."""
+
+    field: str = "model_job"
+    kinds: tuple[str, ...] = ("train",)
+    # Further checks of the request against the parent's spec: [(field, problem)].
+    check: Callable[[Spec, Mapping[str, Any]], list[tuple[str, str]]] | None = None
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    spec: type[Spec]
+    runner: str  # "module:function", imported by workers only
+    help: str
+    parent: ParentRule | None = None
+    # The queue a job of this kind goes to, from its spec.
+    queue: Callable[[Spec], str] = field(default=lambda spec: "cpu")
+
+    def parse(self, data: Any) -> Spec:
+        """The validated spec; errors name the fields as ``spec.<field>``."""
+        if data is not None and not isinstance(data, dict):
+            raise SpecError([("spec", "must be a JSON object")])
+        try:
+            return self.spec.from_dict(data)
+        except SpecError as exc:
+            raise exc.prefixed("spec.") from None
+
+    def load_runner(self) -> Callable[..., Any]:
+        module, _, function = self.runner.partition(":")
+        return getattr(importlib.import_module(module), function)
+
+
+KINDS: dict[str, JobKind] = {}
+
+
+def register(kind: JobKind) -> JobKind:
+    KINDS[kind.name] = kind
+    return kind
+
+
+def names() -> list[str]:
+    return list(KINDS)
+
+
+def get_kind(name: Any) -> JobKind:
+    kind = KINDS.get(name) if isinstance(name, str) else None
+    if kind is None:
+        raise SpecError([("kind", f"must be one of {', '.join(KINDS)}, got {name!r}")])
+    return kind
+
+
+def load_plugins(modules: Iterable[str]) -> None:
+    """Import the modules that register more kinds (LATENTFORGE_PLUGINS)."""
+    for module in modules:
+        importlib.import_module(module)
+
+
+NUMBER_LIST = re.compile(r"\s*-?\d+(\.\d*)?(\s*,\s*-?\d+(\.\d*)?)+\s*")
+
+
+def form_value(text: str) -> Any:
+    """A form's or command line's value: JSON where it parses (numbers, lists), a comma-separated list of
+    numbers as a list, a bare word otherwise; validation then names a field whose value does not fit."""
+    if not text.isascii():  # int() and float() take other scripts' digits; the specs do not
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        if NUMBER_LIST.fullmatch(text):
+            return [json.loads(part) for part in text.split(",")]
+        return text
+
+
+def form_fields(kind: JobKind, form: Mapping[str, str]) -> dict[str, Any]:
+    """The spec fields a form filled in (blank fields keep their defaults)."""
+    return {name: form_value(form[name].strip()) for name in kind.spec.model_fields
+            if form.get(name, "").strip()}
+
+
+# -- the built-in kinds ----------------------------------------------------------------------
+
+
+def _points_fit_the_model(spec: Spec, parent_spec: Mapping[str, Any]) -> list[tuple[str, str]]:
+    latent_dim = parent_spec.get("latent_dim")
+    problem = latent_width_problem(getattr(spec, "latent_coords", None), latent_dim) if latent_dim else None
+    return [("spec.latent_coords", problem)] if problem else []
+
+
+register(JobKind(
+    name="train", spec=TrainSpec, runner="worker.runners:run_train",
+    help="train a model; its checkpoint, metrics and figures become the job's artifacts",
+    queue=lambda spec: "cpu" if spec.device == "cpu" else "gpu",  # training that may use a GPU goes to the gpu queue
+))
+register(JobKind(
+    name="embed", spec=EmbedSpec, runner="worker.runners:run_embed",
+    help="codes of a dataset split under a trained model, with a scatter figure",
+    parent=ParentRule(),
+))
+register(JobKind(
+    name="sample", spec=SampleSpec, runner="worker.runners:run_sample",
+    help="decode given latent points, or draws from the model's prior",
+    parent=ParentRule(check=_points_fit_the_model),
+))

@@ -1,0 +1,220 @@
+"""The job service: submit, read, page, cancel, with no Flask in it.
+
+The JSON routes, the gallery and (next) a sweep that submits its children
+from a worker all go through it. It takes plain arguments, opens a short
+session per call (no request-scoped session held across a call), returns
+job rows with their artifacts loaded, and raises the errors of
+shared/errors.py, which each caller maps in one place.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, tuple_
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from shared.db import Artifact, Job, JobState
+from shared.errors import IdempotencyKeyReused, JobNotFound, ParentNotReady, QueryError, SpecError
+from shared.jobstore import JobStore
+from shared.kinds import JobKind, get_kind, names
+from shared.specs import JobCreate, Spec
+
+PAGE_DEFAULT, PAGE_MAX = 50, 200
+ASCII_NUMBER = re.compile(r"[0-9]{1,9}")  # str.isdigit() also takes '²' and other digits int() refuses
+
+
+def parse_id(value: Any, what: str = "job") -> str:
+    """A canonical UUID, or JobNotFound saying the value is no id at all."""
+    try:
+        return str(uuid.UUID(value))
+    except (TypeError, ValueError, AttributeError):
+        raise JobNotFound(f"{value!r} is not a {what} id (ids are UUIDs)") from None
+
+
+def request_fingerprint(body: Any) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, job_id = raw.split("|", 1)
+        return datetime.fromisoformat(created), str(uuid.UUID(job_id))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise QueryError([("cursor", "is not a cursor this API returned")]) from None
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Job]
+    next_cursor: str | None
+
+
+class JobService:
+    def __init__(self, sessions: sessionmaker, store: JobStore):
+        self.sessions = sessions
+        self.store = store
+
+    # -- submitting ---------------------------------------------------------------------------
+
+    def submit(self, body: Any, idempotency_key: str | None = None) -> tuple[Job, bool]:
+        """Validate and queue a job request ({kind, spec, name, tags}); returns (job, replayed).
+
+        With ``idempotency_key``, the same request again returns the job the
+        first one made; the key with another request is refused.
+        """
+        fingerprint = request_fingerprint(body)
+        if idempotency_key and (existing := self._replay(idempotency_key, fingerprint)) is not None:
+            return existing, True
+        request = JobCreate.parse(body)
+        kind = get_kind(request.kind)
+        spec = kind.parse(request.spec)
+        parent_id = self._check_parent(kind, spec)
+        spec_dict = spec.to_dict()
+        with self.sessions() as session:
+            try:
+                job = self.store.create(
+                    session, kind=kind.name, spec=spec_dict, name=request.name, tags=request.tags, parent_id=parent_id,
+                    queue=kind.queue(spec), idempotency_key=idempotency_key, request_hash=fingerprint,
+                )
+            except IntegrityError:
+                session.rollback()  # a concurrent retry with the same key won the insert
+                if idempotency_key and (existing := self._replay(idempotency_key, fingerprint)) is not None:
+                    return existing, True
+                raise
+            job.artifacts  # loaded now (none yet): the job is answered as committed, not as a worker changed it since
+            return job, False
+
+    def _replay(self, key: str, fingerprint: str) -> Job | None:
+        with self.sessions() as session:
+            existing = session.scalars(
+                select(Job).where(Job.idempotency_key == key).options(selectinload(Job.artifacts))
+            ).one_or_none()
+        if existing is not None and existing.request_hash != fingerprint:
+            raise IdempotencyKeyReused(f"Idempotency-Key {key!r} was already used with a different request")
+        return existing
+
+    def _check_parent(self, kind: JobKind, spec: Spec) -> str | None:
+        """The parent a kind needs: it exists, is of an allowed kind, fits the request and has succeeded."""
+        rule = kind.parent
+        if rule is None:
+            return None
+        parent_id = getattr(spec, rule.field)
+        with self.sessions() as session:
+            parent = session.get(Job, parent_id)
+        field = f"spec.{rule.field}"
+        if parent is None:
+            raise SpecError([(field, f"no job with id {parent_id}")])
+        if parent.kind not in rule.kinds:
+            raise SpecError([(field, f"job {parent.id} is a {parent.kind} job, not a {' or '.join(rule.kinds)} job")])
+        if rule.check and (problems := rule.check(spec, parent.spec)):
+            raise SpecError(problems)
+        if parent.state != JobState.SUCCEEDED.value:
+            raise ParentNotReady(f"{field}: job {parent.id} is {parent.state}; {kind.name} needs a"
+                                 f" {' or '.join(rule.kinds)} job that has succeeded")
+        return parent.id
+
+    # -- reading --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _loaded(session: Session, job_id: str) -> Job | None:
+        return session.get(Job, job_id, options=[selectinload(Job.artifacts)], populate_existing=True)
+
+    def get(self, job_id: Any) -> Job:
+        job_id = parse_id(job_id)
+        with self.sessions() as session:
+            job = self._loaded(session, job_id)
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        return job
+
+    def artifact(self, artifact_id: Any) -> Artifact:
+        artifact_id = parse_id(artifact_id, "artifact")
+        with self.sessions() as session:
+            artifact = session.get(Artifact, artifact_id)
+        if artifact is None:
+            raise JobNotFound(f"no artifact with id {artifact_id}")
+        return artifact
+
+    def page(self, *, kind: str | None = None, state: str | None = None, parent: str | None = None,
+             limit: str | int | None = None, cursor: str | None = None) -> Page:
+        """Newest-first jobs with these filters; an empty filter means none. Bad values: QueryError naming them."""
+        query = select(Job).options(selectinload(Job.artifacts))
+        if kind := _choice("kind", kind, names()):
+            query = query.where(Job.kind == kind)
+        if state := _choice("state", state, [s.value for s in JobState]):
+            query = query.where(Job.state == state)
+        if parent:
+            try:
+                query = query.where(Job.parent_id == str(uuid.UUID(parent)))
+            except ValueError:
+                raise QueryError([("parent", f"{parent!r} is not a job id (a UUID)")]) from None
+        limit = _limit(limit)
+        if cursor:
+            created, job_id = decode_cursor(cursor)
+            # Rows after the cursor in (created_at, id) descending order, as one index bound.
+            query = query.where(tuple_(Job.created_at, Job.id) < tuple_(created, job_id))
+        with self.sessions() as session:
+            jobs = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+        return Page(jobs[:limit], encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None)
+
+    def children(self, job_id: str) -> list[Job]:
+        with self.sessions() as session:
+            return list(session.scalars(select(Job).where(Job.parent_id == job_id)
+                                        .options(selectinload(Job.artifacts)).order_by(Job.created_at)))
+
+    def child_counts(self, job_ids: list[str]) -> dict[str, int]:
+        if not job_ids:
+            return {}
+        with self.sessions() as session:
+            return dict(session.execute(select(Job.parent_id, func.count()).where(Job.parent_id.in_(job_ids))
+                                        .group_by(Job.parent_id)).all())
+
+    def state_counts(self) -> dict[str, int]:
+        with self.sessions() as session:
+            return dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+
+    def succeeded(self, kinds: tuple[str, ...], limit: int = 100) -> list[dict[str, Any]]:
+        """Finished jobs of these kinds, newest first, as plain rows (for a form's choice of parent)."""
+        with self.sessions() as session:
+            rows = session.execute(
+                select(Job.id, Job.name, Job.spec).where(Job.kind.in_(kinds), Job.state == JobState.SUCCEEDED.value)
+                .order_by(Job.created_at.desc()).limit(limit)
+            ).all()
+        return [{"id": r.id, "name": r.name, "spec": r.spec} for r in rows]
+
+    # -- cancelling -----------------------------------------------------------------------------
+
+    def cancel(self, job_id: Any) -> Job:
+        """Cancel a queued job, or ask a running one to stop; JobConflict once it has finished."""
+        job_id = parse_id(job_id)
+        self.store.cancel(job_id)
+        return self.get(job_id)
+
+
+def _choice(name: str, value: str | None, allowed: list[str]) -> str | None:
+    if value and value not in allowed:
+        raise QueryError([(name, f"must be one of {', '.join(allowed)}, got {value!r}")])
+    return value or None
+
+
+def _limit(raw: str | int | None) -> int:
+    text = str(PAGE_DEFAULT if raw is None else raw)
+    if not ASCII_NUMBER.fullmatch(text) or not 1 <= int(text) <= PAGE_MAX:
+        raise QueryError([("limit", f"must be a whole number from 1 to {PAGE_MAX}, got {text!r}")])
+    return int(text)
