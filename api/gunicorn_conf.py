@@ -1,13 +1,16 @@
-"""gunicorn settings for production (docker-compose): gevent for SSE (api/server.py), and the token rule."""
+"""gunicorn settings for production (docker-compose): gevent for SSE (api/server.py), and the token rule.
 
-import os
+Read from the one settings object, like everything else: LATENTFORGE_BIND,
+LATENTFORGE_API_WORKERS, LATENTFORGE_API_WORKER_CLASS, LATENTFORGE_API_THREADS.
+"""
 
 from api.server import check_bind, host_of, worker_options
+from shared.settings import load_settings
 
-bind = os.environ.get("LATENTFORGE_BIND", "0.0.0.0:8000")
-workers = int(os.environ.get("LATENTFORGE_API_WORKERS", "2"))
-_options = worker_options(os.environ.get("LATENTFORGE_API_WORKER_CLASS", "gevent"),
-                          int(os.environ.get("LATENTFORGE_API_THREADS", "8")))
+_settings = load_settings()
+bind = _settings.bind
+workers = _settings.api_workers
+_options = worker_options(_settings.api_worker_class, _settings.api_threads)
 worker_class = _options["worker_class"]
 worker_connections = _options.get("worker_connections", 1000)
 threads = _options.get("threads", 1)
@@ -18,9 +21,8 @@ errorlog = "-"
 
 
 def on_starting(server):
-    token = os.environ.get("LATENTFORGE_API_TOKEN", "").strip() or None
     for address in server.cfg.bind:
-        check_bind(host_of(address), token)
+        check_bind(host_of(address), _settings.api_token)
 
 
 def post_worker_init(worker):

@@ -19,10 +19,34 @@ import importlib
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from shared.artifacts import ArtifactFile
 from shared.errors import SpecError
 from shared.specs import EmbedSpec, SampleSpec, Spec, TrainSpec, latent_width_problem
+
+
+@dataclass
+class RunContext:
+    """What a runner works with: its own folder, a parent's published folder, the data, and the queue's hooks."""
+
+    folder: Path  # this attempt's folder (it exists): the runner writes here and nowhere else
+    data_dir: Path | None = None
+    allow_download: bool = False
+    parent_folder: Path | None = None  # the published files of the job this one works on
+    log: Callable[[str], None] = print
+    should_stop: Callable[[], bool] | None = None  # polled between batches (cancel, lost job, shutdown)
+    on_epoch: Callable[[Any, Any], None] | None = None  # (train state, metrics) after each epoch: resume points
+    resume_from: Path | None = None  # a verified resume state to continue from
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    """What a runner returns: the files it wrote (relative to its folder) and a summary for the job's progress."""
+
+    artifacts: list[ArtifactFile]
+    summary: dict | None  # None: the runner recorded its progress as it went
 
 
 @dataclass(frozen=True)
@@ -39,7 +63,7 @@ class ParentRule:
 class JobKind:
     name: str
     spec: type[Spec]
-    runner: str  # "module:function", imported by workers only
+    runner: str  # "module:function" taking (spec, RunContext) and returning a RunOutput; imported by workers only
     help: str
     parent: ParentRule | None = None
     # The queue a job of this kind goes to, from its spec.

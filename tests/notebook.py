@@ -1,4 +1,4 @@
-"""The seed notebook's code (SPEC §1), written out as the notebook has it.
+"""The seed notebook's code, written out as the notebook has it.
 
 Tests train it side by side with LatentForge's trainer; nothing in the
 product imports this module.

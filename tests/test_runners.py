@@ -8,7 +8,8 @@ from PIL import Image
 
 from shared.specs import EmbedSpec, SampleSpec, TrainSpec
 from worker.pipeline import run_training
-from worker.runners import JobInputError, RunContext, run_embed, run_sample
+from shared.kinds import RunContext
+from worker.runners import JobInputError, run_embed, run_sample
 
 JOB = "6f1c1a1e-2b7e-4a53-9a43-0d3c1b9f8e21"  # the runners read the model from a folder, not by id
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.errors import DatasetError
+from shared.settings import load_settings
 from worker.files import sha256_of
 
 IDX_UBYTE = 0x08
@@ -53,10 +54,6 @@ class ImageSplit:
     @property
     def image_shape(self) -> tuple[int, int]:
         return int(self.images.shape[1]), int(self.images.shape[2])
-
-
-def data_dir_from_env() -> Path:
-    return Path(os.environ.get("LATENTFORGE_DATA_DIR") or "./data").expanduser().resolve()
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -146,7 +143,7 @@ def load_split(
         raise DatasetError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     if split not in SPLIT_FILES:
         raise DatasetError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    root = Path(data_dir).expanduser().resolve() if data_dir else data_dir_from_env()
+    root = Path(data_dir).expanduser().resolve() if data_dir else load_settings().data_dir
     dirs = candidate_dirs(dataset, root)
     stems = SPLIT_FILES[split]
     paths = [_find(stem, dirs) for stem in stems]

@@ -1,22 +1,19 @@
 """The runners of the built-in job kinds (named in shared/kinds.py): train, embed and sample.
 
-A runner is a plain function of (spec, :class:`RunContext`) returning a
-:class:`RunOutput`: the manifest of the files it wrote into ``ctx.folder``
+A runner is a plain function of (spec, RunContext) returning a RunOutput (both
+in shared/kinds.py): the manifest of the files it wrote into ``ctx.folder``
 and a summary to record as the job's progress. No queue or database here:
 the worker (worker/tasks.py) builds the context and records the output.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
-
 import numpy as np
 import torch
 
 from shared.artifacts import EMBEDDING_FIGURE, EMBEDDING_PCA_FIGURE, SAMPLES_FIGURE, ArtifactFile, ArtifactKind, figure_files
 from shared.errors import JobInputError
+from shared.kinds import RunContext, RunOutput
 from shared.specs import EmbedSpec, SampleSpec, TrainSpec, latent_width_problem
 from worker import figures
 from worker.checkpoint import load_model
@@ -27,26 +24,6 @@ from worker.train import images_to_tensor
 
 GMM_COMPONENTS = 10
 GMM_FIT_LIMIT = 20_000  # training codes used to fit the mixture
-
-
-@dataclass
-class RunContext:
-    """What a runner works with: its own folder, a parent's published folder, the data, and the queue's hooks."""
-
-    folder: Path  # this attempt's folder: the runner writes here and nowhere else
-    data_dir: Path | None = None
-    allow_download: bool = False
-    parent_folder: Path | None = None  # the published files of the job this one works on
-    log: Callable[[str], None] = print
-    should_stop: Callable[[], bool] | None = None  # polled between batches (cancel, lost job, shutdown)
-    on_epoch: Callable[[Any, Any], None] | None = None  # (train state, metrics) after each epoch: resume points
-    resume_from: Path | None = None  # a verified resume state to continue from
-
-
-@dataclass(frozen=True)
-class RunOutput:
-    artifacts: list[ArtifactFile]  # every file written, relative to the folder
-    summary: dict | None  # recorded as the job's progress; None: recorded as it went
 
 
 def save_array(ctx: RunContext, name: str, array: np.ndarray) -> ArtifactFile:

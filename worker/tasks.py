@@ -35,7 +35,7 @@ from shared.artifacts import ArtifactFile
 from shared.db import JobState, is_transient_db_error, make_engine, make_sessionmaker, utcnow
 from shared.errors import LatentForgeError
 from shared.jobstore import ArtifactRecord, Claim, JobStore
-from shared.kinds import get_kind, load_plugins
+from shared.kinds import RunContext, RunOutput, get_kind, load_plugins
 from shared.migrate import check_schema
 from shared.queue import QUEUES, TASK_NAME, held_job_ids, make_celery, parse_job_id, publish
 from shared.settings import Settings
@@ -217,14 +217,14 @@ class JobWorker:
 
     # -- running one job ------------------------------------------------------------------------
 
-    def run_claimed(self, claim: Claim, folder: Path):
-        """Run one job's work with its kind's runner; returns the RunOutput. Raises on failure."""
+    def run_claimed(self, claim: Claim, folder: Path) -> RunOutput:
+        """Run one job's work with its kind's runner; raises on failure."""
         from worker.checkpoint import save_training_state
-        from worker.runners import RunContext
 
         kind = get_kind(claim.kind)
         spec = kind.parse(claim.spec)
         threads = self.configure_threads(claim)
+        folder.mkdir(parents=True, exist_ok=True)
         resume_root = folder / RESUME_DIR
 
         def on_epoch(state: Any, metrics: Any) -> None:
