@@ -136,8 +136,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return supervise(child, load_settings())
     from worker.tasks import JobWorker
 
-    JobWorker(load_settings(), queues.split(",")).start(args.loglevel)
-    return 0
+    return JobWorker(load_settings(), queues.split(",")).start(args.loglevel)
 
 
 def cmd_health(args: argparse.Namespace) -> int:

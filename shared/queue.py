@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from kombu.transport import filesystem
+from kombu.utils import json as kombu_json
 
 from shared.settings import Settings
 
@@ -35,6 +38,27 @@ def queue_for(kind: str, spec: dict) -> str:
     return "cpu"
 
 
+class AtomicFilesystemChannel(filesystem.Channel):
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+        """Write the message beside its final name, then rename it into place.
+
+        Why: kombu's filesystem transport creates the message file, then
+        writes it; a consumer that takes the file in between reads an empty
+        message and its worker stops with an unrecoverable JSONDecodeError
+        (seen in the test suite). A rename is atomic: the consumer sees the
+        whole message or none (the hidden name matches no queue).
+        """
+        name = f"{int(round(time.monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
+        hidden = os.path.join(self.data_folder_out, f".{name}.tmp")
+        with open(hidden, "wb") as fh:
+            fh.write(kombu_json.dumps(payload).encode())
+        os.replace(hidden, os.path.join(self.data_folder_out, name))
+
+
+class AtomicFilesystemTransport(filesystem.Transport):
+    Channel = AtomicFilesystemChannel
+
+
 def filesystem_folders(settings: Settings) -> dict[str, Path]:
     root = settings.broker_dir
     return {"data_folder_in": root / "queue", "data_folder_out": root / "queue", "processed_folder": root / "processed",
@@ -50,6 +74,7 @@ def make_celery(settings: Settings) -> Celery:
             folder.mkdir(parents=True, exist_ok=True)
         transport_options.update({k: str(v) for k, v in folders.items()})
         transport_options.update({"store_processed": False, "polling_interval": 0.05})
+        app.conf.broker_transport = f"{__name__}:AtomicFilesystemTransport"
     else:
         transport_options.update({"polling_interval": 0.05})
     app.conf.update(

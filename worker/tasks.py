@@ -95,13 +95,17 @@ class JobWorker:
         signals.worker_shutting_down.connect(self._on_shutting_down, weak=False)
         signals.worker_shutdown.connect(self._on_shutdown, weak=False)
 
-    def start(self, loglevel: str = "INFO") -> None:
-        """Run Celery in this process: one job at a time, in the main thread (nothing forks after CUDA starts)."""
-        self.app.worker_main([
+    def start(self, loglevel: str = "INFO") -> int:
+        """Run Celery in this process: one job at a time, in the main thread (nothing forks after CUDA starts).
+
+        Returns Celery's exit status (``worker_main`` drops it: a worker that
+        died of an unrecoverable error would look like one that was stopped).
+        """
+        return self.app.start([
             "worker", "--queues", ",".join(self.queues), "--pool", "solo", "--concurrency", "1", "--loglevel", loglevel,
             "--hostname", self.name.replace(":", "-") + "@%h", "--without-gossip", "--without-mingle",
             "--without-heartbeat",
-        ])
+        ]) or 0
 
     # -- Celery's signals ---------------------------------------------------------------------
 
