@@ -20,10 +20,12 @@ REF = "#/components/schemas/{model}"
 
 def _schemas() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
-    for model in (JobCreate, JobOut, JobList, ProblemOut, *(kind.spec for kind in KINDS.values())):
-        schema = model.model_json_schema(ref_template=REF)
+    documents = [(model.__name__, model.model_json_schema(ref_template=REF))
+                 for model in (JobCreate, JobOut, JobList, ProblemOut)]
+    documents += [(kind.spec.__name__, kind.spec.json_schema(REF)) for kind in KINDS.values()]
+    for name, schema in documents:
         schemas.update(schema.pop("$defs", {}))
-        schemas[model.__name__] = schema
+        schemas[name] = schema
     schemas["JobCreate"]["properties"]["kind"]["enum"] = list(KINDS)
     schemas["JobCreate"]["properties"]["spec"]["description"] = "the kind's spec: " + ", ".join(
         f"{name}: {kind.spec.__name__}" for name, kind in KINDS.items())

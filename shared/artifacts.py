@@ -38,6 +38,7 @@ SCATTER_FIGURE = "figures/latent_scatter.png"
 EMBEDDING_FIGURE = "figures/embedding.png"
 EMBEDDING_PCA_FIGURE = "figures/embedding_pca.png"
 SAMPLES_FIGURE = "figures/samples.png"
+PRIOR_SAMPLES_FIGURE = "figures/prior_samples.png"
 HEADLINE_FIGURES = (SCATTER_FIGURE, EMBEDDING_FIGURE, EMBEDDING_PCA_FIGURE, SAMPLES_FIGURE)
 
 CONTENT_TYPES = {

@@ -126,7 +126,7 @@ def form_value(text: str) -> Any:
 
 def form_fields(kind: JobKind, form: Mapping[str, str]) -> dict[str, Any]:
     """The spec fields a form filled in (blank fields keep their defaults)."""
-    return {name: form_value(form[name].strip()) for name in kind.spec.model_fields
+    return {name: form_value(form[name].strip()) for name in kind.spec.field_names()
             if form.get(name, "").strip()}
 
 

@@ -11,10 +11,10 @@ JSON schemas of the OpenAPI document.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StringConstraints, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StringConstraints, TypeAdapter,
+                      ValidationError, field_validator, model_validator)
 
 from shared.errors import SpecError
 
@@ -47,35 +47,158 @@ class Spec(BaseModel):
         if data is not None and not isinstance(data, dict):
             raise SpecError([("spec", "must be a JSON object")])
         try:
-            return cls.model_validate(data or {})
+            spec = cls.model_validate(data or {})
         except ValidationError as exc:
             raise SpecError.from_validation(exc) from None
+        return spec.checked()
+
+    def problems(self) -> list[tuple[str, str]]:
+        """What is wrong with fields that are valid one by one but not together: [(field, message)]."""
+        return []
+
+    def checked(self) -> "Spec":
+        if found := self.problems():
+            raise SpecError(found)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """Every field a request may set (forms and the CLI read this)."""
+        return list(cls.model_fields)
+
+    @classmethod
+    def json_schema(cls, ref_template: str) -> dict[str, Any]:
+        return cls.model_json_schema(ref_template=ref_template)
+
 
 class TrainSpec(Spec):
-    """What a train job runs. Defaults are the seed notebook's values."""
+    """The fields every model kind has. Defaults are the seed notebook's values.
 
-    model: Literal["ae"] = "ae"
-    dataset: Literal["mnist", "fashion_mnist"] = "mnist"
+    ``TrainSpec.from_dict`` returns the spec of the kind that ``model`` names
+    (:data:`TRAIN_SPECS`, a union discriminated on ``model``), so a field of
+    another kind (``beta`` on ``ae``, ``prior`` on ``vae``) is refused by name.
+    """
+
+    model: str = "ae"
+    dataset: Literal["mnist", "fashion_mnist", "sprites"] = "mnist"
     latent_dim: Annotated[StrictInt, Field(ge=1, le=512)] = 2
     hidden: Annotated[tuple[Annotated[StrictInt, Field(ge=1, le=8192)], ...], Field(min_length=1, max_length=8)] = (128, 64)
     epochs: Annotated[StrictInt, Field(ge=1, le=10_000)] = 50
     batch_size: Annotated[StrictInt, Field(ge=1, le=65_536)] = 256
     lr: Annotated[float, _finite_number(gt=0.0, le=10.0)] = 1e-3
-    beta: Annotated[float, _finite_number(ge=0.0, le=1_000.0)] = 1.0
     seed: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] = 47
     device: Literal["auto", "cpu", "cuda"] = "auto"
     preset: Literal["seed"] | None = None
 
-    @model_validator(mode="before")
     @classmethod
-    def _apply_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("preset") == "seed":
-            return {**SEED_PRESET, **data}
-        return data
+    def from_dict(cls, data: dict[str, Any] | None) -> "TrainSpec":
+        if cls is not TrainSpec:
+            return super().from_dict(data)  # type: ignore[return-value]
+        if data is not None and not isinstance(data, dict):
+            raise SpecError([("spec", "must be a JSON object")])
+        data = dict(data or {})
+        if data.get("preset") == "seed":
+            data = {**SEED_PRESET, **data}
+        data.setdefault("model", "ae")
+        model = data["model"]
+        if not isinstance(model, str) or model not in MODEL_SPECS:
+            raise SpecError([("model", f"must be one of {', '.join(MODEL_SPECS)}, got {model!r}")])
+        try:
+            return _TRAIN_SPECS.validate_python(data).checked()
+        except ValidationError as exc:
+            # Locations of a discriminated union start with the tag ("vae.beta"): name the field alone.
+            errors = [(".".join(str(p) for p in err["loc"][1:]) or "model",
+                       f"not a field of model {model!r}" if err["type"] == "extra_forbidden" else err["msg"])
+                      for err in exc.errors(include_url=False)]
+            raise SpecError(errors) from None
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        if cls is not TrainSpec:
+            return super().field_names()
+        return list(dict.fromkeys(name for spec in MODEL_SPECS.values() for name in spec.model_fields))
+
+    @classmethod
+    def json_schema(cls, ref_template: str) -> dict[str, Any]:
+        if cls is not TrainSpec:
+            return super().json_schema(ref_template)
+        schema = _TRAIN_SPECS.json_schema(ref_template=ref_template)
+        schema["description"] = cls.__doc__.split("\n\n")[0]
+        return schema
+
+
+class AETrainSpec(TrainSpec):
+    """The plain autoencoder (the seed notebook's): MSE loss, no prior."""
+
+    model: Literal["ae"] = "ae"
+
+
+Beta = Annotated[float, _finite_number(ge=0.0, le=1_000.0, description="weight of the KL term")]
+
+
+class VAETrainSpec(TrainSpec):
+    """Variational autoencoder: Gaussian posterior, N(0, I) prior; loss = recon + β·KL."""
+
+    model: Literal["vae"] = "vae"
+    likelihood: Literal["bernoulli", "gaussian"] = Field(
+        default="bernoulli", description="bernoulli: the decoder gives logits; gaussian: MSE with a fixed std")
+    gaussian_std: Annotated[float, _finite_number(gt=0.0, le=10.0)] | None = Field(
+        default=None, description="the gaussian likelihood's fixed std (default 0.1); only with likelihood gaussian")
+    beta: Beta = 1.0
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.gaussian_std is not None and self.likelihood != "gaussian":
+            return [("gaussian_std", "only with likelihood 'gaussian'")]
+        return []
+
+
+class BetaVAETrainSpec(VAETrainSpec):
+    """β-VAE: recon + β·KL with β = 4, or Burgess et al.'s recon + γ·|KL − C(t)| with a capacity schedule."""
+
+    model: Literal["beta_vae"] = "beta_vae"
+    beta: Beta = 4.0
+    capacity_max: Annotated[float, _finite_number(ge=0.0, le=1_000.0)] | None = Field(
+        default=None, description="C's final value in nats; with capacity_epochs, replaces β·KL by γ·|KL − C(t)|")
+    capacity_epochs: Annotated[StrictInt, Field(ge=1, le=10_000)] | None = Field(
+        default=None, description="epochs over which C rises linearly from 0 to capacity_max")
+    gamma: Annotated[float, _finite_number(gt=0.0, le=100_000.0)] | None = Field(
+        default=None, description="weight of |KL − C(t)| (default 1000); only with a capacity schedule")
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = super().problems()
+        if self.capacity_max is not None and self.capacity_epochs is None:
+            found.append(("capacity_epochs", "required with capacity_max (the epochs over which C rises)"))
+        if self.capacity_epochs is not None and self.capacity_max is None:
+            found.append(("capacity_max", "required with capacity_epochs (C's final value in nats)"))
+        if self.gamma is not None and self.capacity_max is None:
+            found.append(("gamma", "only with a capacity schedule (capacity_max and capacity_epochs)"))
+        return found
+
+
+class AAETrainSpec(TrainSpec):
+    """Adversarial autoencoder: a discriminator on codes pulls them onto a prior."""
+
+    model: Literal["aae"] = "aae"
+    prior: Literal["gaussian", "mixture"] = Field(
+        default="gaussian", description="gaussian: N(0, I); mixture: 10 Gaussians on a circle in the first two dims")
+    disc_hidden: Annotated[tuple[Annotated[StrictInt, Field(ge=1, le=8192)], ...], Field(min_length=1, max_length=8)] | None = Field(
+        default=None, description="the discriminator's hidden sizes (default: the trunk's widest layer, twice)")
+    disc_lr: Annotated[float, _finite_number(gt=0.0, le=10.0)] | None = Field(
+        default=None, description="the discriminator's learning rate (default: lr)")
+    gen_lr: Annotated[float, _finite_number(gt=0.0, le=10.0)] | None = Field(
+        default=None, description="the generator (encoder vs discriminator) learning rate (default: lr)")
+
+
+MODEL_SPECS: dict[str, type[TrainSpec]] = {
+    "ae": AETrainSpec, "vae": VAETrainSpec, "beta_vae": BetaVAETrainSpec, "aae": AAETrainSpec,
+}
+MODELS = tuple(MODEL_SPECS)
+_TRAIN_SPECS: TypeAdapter[TrainSpec] = TypeAdapter(
+    Annotated[Union[AETrainSpec, VAETrainSpec, BetaVAETrainSpec, AAETrainSpec], Field(discriminator="model")]
+)
 
 
 def _job_id(value: Any) -> str:
@@ -103,6 +226,9 @@ class EmbedSpec(ParentSpec):
     limit: Annotated[StrictInt, Field(ge=1, le=100_000)] | None = Field(
         default=5000, description="first N images of the split; null for all"
     )
+    color_by: Annotated[str, StringConstraints(min_length=1, max_length=50)] | None = Field(
+        default=None, description="colour the scatter by this factor (sprites: shape, scale, orientation, pos_x,"
+                                  " pos_y) instead of the class label")
 
 
 class SampleSpec(ParentSpec):

@@ -16,6 +16,7 @@ SHAPES = {
     "loss_curve": (800, 500),
     "latent_manifold": (900, 900),
     "interpolation": (1300, 200),
+    "prior_samples": (1760, 520),  # 16 draws, 8 columns
 }
 
 

@@ -26,7 +26,7 @@ from torch import nn
 from shared.artifacts import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
 from shared.errors import CheckpointError
 from worker.files import atomic_path, write_json, write_jsonl
-from worker.models import ModelConfig, build_model
+from worker.models import LatentModel, ModelConfig, build_model
 
 if TYPE_CHECKING:
     from worker.train import TrainState
@@ -80,7 +80,7 @@ def save_weights(model: nn.Module, path: Path) -> None:
 
 
 def export_decoder(model: nn.Module, path: Path) -> Path:
-    """The decoder alone, for decoding in the browser: its Linear layers in order.
+    """The decoder alone, for decoding in the browser: its Linear layers in order, and its output map.
 
     safetensors is trivial to parse in JavaScript (8-byte header length, JSON
     header, raw little-endian float32); the metadata says how to run the layers.
@@ -98,6 +98,7 @@ def export_decoder(model: nn.Module, path: Path) -> Path:
         "layers": json.dumps(plan),
         "latent_dim": str(model.config.latent_dim),
         "input_shape": json.dumps(list(model.config.input_shape)),
+        "output": model.output,  # "sigmoid": the layers give logits; the image is their sigmoid
     }
     write_safetensors(path, tensors, metadata)
     return path
@@ -147,7 +148,7 @@ def read_metrics(folder: str | os.PathLike) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[LatentModel, dict[str, Any]]:
     """Rebuild the model from ``folder`` alone; returns (model in eval mode, config)."""
     config = read_config(folder)
     try:
@@ -186,11 +187,14 @@ def save_training_state(folder: str | os.PathLike, state: "TrainState") -> dict[
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    optim = state.optimizer.state_dict()
     tensors = {f"model.{k}": v.detach().to("cpu").clone() for k, v in state.model.state_dict().items()}
-    for index, param_state in optim["state"].items():
-        for key, value in param_state.items():
-            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().to("cpu").clone()
+    param_groups = {}
+    for name, optimizer in state.optimizers.items():
+        optim = optimizer.state_dict()
+        param_groups[name] = optim["param_groups"]
+        for index, param_state in optim["state"].items():
+            for key, value in param_state.items():
+                tensors[f"optim.{name}.{index}.{key}"] = torch.as_tensor(value).detach().to("cpu").clone()
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
@@ -201,7 +205,7 @@ def save_training_state(folder: str | os.PathLike, state: "TrainState") -> dict[
     meta = {
         "epoch": state.epoch,
         "history": [m.to_dict() for m in state.history],
-        "param_groups": optim["param_groups"],
+        "param_groups": param_groups,
         "numpy": [np_kind, int(np_pos), int(np_has_gauss), float(np_gauss)],
         "random": [py_version, list(py_state), py_gauss],
     }
@@ -252,12 +256,15 @@ def load_training_state(folder: str | os.PathLike, state: "TrainState") -> bool:
             return False
     tensors = load_file(str(tensors_path))
     state.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    optim_state: dict[int, dict[str, torch.Tensor]] = {}
+    if set(meta["param_groups"]) != set(state.optimizers):
+        return False  # saved by another kind of model
+    optim_states: dict[str, dict[int, dict[str, torch.Tensor]]] = {name: {} for name in state.optimizers}
     for key, value in tensors.items():
         if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            optim_state.setdefault(int(index), {})[name] = value
-    state.optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
+            _, optimizer, index, name = key.split(".", 3)
+            optim_states[optimizer].setdefault(int(index), {})[name] = value
+    for name, optimizer in state.optimizers.items():
+        optimizer.load_state_dict({"state": optim_states[name], "param_groups": meta["param_groups"][name]})
     torch.set_rng_state(tensors["rng.torch"])
     cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
     if cuda_states and torch.cuda.is_available():
@@ -267,5 +274,5 @@ def load_training_state(folder: str | os.PathLike, state: "TrainState") -> bool:
     py_version, py_state, py_gauss = meta["random"]
     _random.setstate((py_version, tuple(py_state), py_gauss))
     state.epoch = int(meta["epoch"])
-    state.history = [EpochMetrics(**{k: row[k] for k in EpochMetrics.__dataclass_fields__}) for row in meta["history"]]
+    state.history = [EpochMetrics.from_dict(row) for row in meta["history"]]
     return True

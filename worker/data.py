@@ -1,15 +1,16 @@
-"""Image datasets read from standard IDX files (MNIST, Fashion-MNIST).
+"""Image datasets read from standard IDX files (MNIST, Fashion-MNIST), plus sprites.
 
 The reader takes every count and shape from the IDX headers (the shared copy
 of MNIST holds 19,690 training images, not 60,000), accepts gzipped or plain
 files, and names the file and the fault when one is missing, truncated or
 corrupt. torchvision's downloader is used only when the files are absent and
-the caller allows it.
+the caller allows it. "sprites" is generated, never downloaded (worker/sprites.py).
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
 import zlib
@@ -20,6 +21,7 @@ import numpy as np
 
 from shared.errors import DatasetError
 from shared.settings import load_settings
+from worker import sprites
 from worker.files import sha256_of
 
 IDX_UBYTE = 0x08
@@ -34,7 +36,7 @@ SPLIT_FILES = {
 }
 # Dataset name -> folder name torchvision downloads into (<root>/<name>/raw).
 TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
-DATASETS = tuple(TORCHVISION_FOLDERS)
+DATASETS = (*TORCHVISION_FOLDERS, "sprites")
 SPLITS = tuple(SPLIT_FILES)
 
 
@@ -47,6 +49,9 @@ class ImageSplit:
     images: np.ndarray  # (N, H, W) uint8, 0..255
     labels: np.ndarray  # (N,) int64
     files: dict[str, str] = field(default_factory=dict)  # path -> sha256
+    # Generative factors of synthetic datasets: (N, len(factor_names)) int64 indices.
+    factors: np.ndarray | None = None
+    factor_names: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -139,11 +144,13 @@ def load_split(
     download: bool = False,
 ) -> ImageSplit:
     """Load ``split`` of ``dataset``; download it first only if allowed."""
-    if dataset not in TORCHVISION_FOLDERS:
+    if dataset not in DATASETS:
         raise DatasetError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     if split not in SPLIT_FILES:
         raise DatasetError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     root = Path(data_dir).expanduser().resolve() if data_dir else load_settings().data_dir
+    if dataset == "sprites":
+        return _sprites_split(split, root)
     dirs = candidate_dirs(dataset, root)
     stems = SPLIT_FILES[split]
     paths = [_find(stem, dirs) for stem in stems]
@@ -172,4 +179,20 @@ def load_split(
         images=images,
         labels=labels.astype(np.int64),
         files={str(p): sha256_of(p) for p in (images_path, labels_path)},
+    )
+
+
+def _sprites_split(split: str, root: Path) -> ImageSplit:
+    """A sprites split; labels are the shape index, so plots colour by shape."""
+    images, factors = sprites.load_sprites(root)
+    mask = sprites.split_mask(split)
+    images, factors = images[mask], factors[mask]  # copies: writable, unlike the shared cache
+    return ImageSplit(
+        dataset="sprites",
+        split=split,
+        images=images,
+        labels=factors[:, sprites.FACTOR_NAMES.index("shape")].copy(),
+        files={f"{sprites.VERSION} (generated)": hashlib.sha256(images.tobytes()).hexdigest()},
+        factors=factors,
+        factor_names=sprites.FACTOR_NAMES,
     )

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Ellipse  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from shared.artifacts import thumbnail_name  # noqa: E402
 from worker.files import atomic_path  # noqa: E402
+
+if TYPE_CHECKING:
+    from worker.models.priors import Gaussian2D
 
 THUMB_SIZE = (320, 240)
 SEED_COORDS = [[-2, 2], [0, 0], [1, 4], [-5, 3], [-8, -4], [-3, -6]]
@@ -64,25 +68,47 @@ def _project_2d(codes: np.ndarray) -> tuple[np.ndarray, tuple[str, str]]:
 
 
 def scatter_2d(
-    points: np.ndarray, labels: np.ndarray, path: str | os.PathLike, title: str, axis_labels: tuple[str, str]
+    points: np.ndarray, labels: np.ndarray, path: str | os.PathLike, title: str, axis_labels: tuple[str, str],
+    *, label_title: str = "Digit", label_names: Sequence[str] | None = None,
+    contours: Sequence[Gaussian2D] = (), contour_label: str = "prior",
 ) -> Path:
-    """Points coloured by class with the ten tab10 colours, 8x6 in at dpi 300."""
+    """Points coloured by class with the tab10 colours, 8x6 in at dpi 300; optionally a prior's
+    1σ and 2σ density contours on top, so holes and mismatch show at a glance."""
     fig, ax = plt.subplots(figsize=SCATTER_FIGSIZE)
-    cmap = plt.get_cmap("tab10")
-    for digit in range(10):
-        mask = labels == digit
-        ax.scatter(points[mask, 0], points[mask, 1], color=cmap(digit), alpha=0.8, s=8, label=str(digit))
-    ax.legend(title="Digit", loc="upper right")
+    cmap = plt.get_cmap("tab10" if labels.max(initial=0) < 10 else "tab20")
+    for value in range(int(labels.max(initial=-1)) + 1):
+        mask = labels == value
+        name = label_names[value] if label_names is not None and value < len(label_names) else str(value)
+        ax.scatter(points[mask, 0], points[mask, 1], color=cmap(value), alpha=0.8, s=8, label=name)
+    for i, gaussian in enumerate(contours):
+        draw_contours(ax, gaussian, f"{contour_label} 1σ, 2σ" if i == 0 else None)
+    ax.legend(title=label_title, loc="upper right")
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
     ax.set_title(title)
     return save_figure(fig, path, dpi=SCATTER_DPI)
 
 
-def latent_scatter(codes: np.ndarray, labels: np.ndarray, path: str | os.PathLike, title: str) -> Path:
-    """Figure (a): 2-D codes as they are; other sizes projected (PCA, or jitter for 1-D)."""
+def draw_contours(ax: plt.Axes, gaussian: Gaussian2D, label: str | None) -> None:
+    """The 1σ and 2σ ellipses of a 2-D Gaussian (Mahalanobis distance 1 and 2)."""
+    variances, vectors = np.linalg.eigh(np.asarray(gaussian.cov, dtype=float))
+    angle = float(np.degrees(np.arctan2(vectors[1, -1], vectors[0, -1])))
+    for k, style in ((1, "-"), (2, "--")):
+        width, height = 2 * k * np.sqrt(variances[::-1])
+        ax.add_patch(Ellipse(gaussian.mean, width, height, angle=angle, fill=False, color="black", lw=1.0, ls=style,
+                             label=label if k == 1 else None))
+
+
+def latent_scatter(codes: np.ndarray, labels: np.ndarray, path: str | os.PathLike, title: str,
+                   **options) -> Path:
+    """Figure (a): 2-D codes as they are; other sizes projected (PCA, or jitter for 1-D).
+
+    Prior contours (``contours=``) are drawn only where the axes are the latent dimensions themselves.
+    """
     points, axis_labels = _project_2d(codes)
-    return scatter_2d(points, labels, path, title, axis_labels)
+    if codes.shape[1] != 2:
+        options.pop("contours", None)
+    return scatter_2d(points, labels, path, title, axis_labels, **options)
 
 
 def reconstructions(
@@ -129,13 +155,13 @@ def decoded_grid(
     return save_figure(fig, path)
 
 
-def loss_curve(history: Sequence[dict], path: str | os.PathLike) -> Path:
+def loss_curve(history: Sequence[dict], path: str | os.PathLike, ylabel: str = "MSE loss") -> Path:
     epochs = [row["epoch"] for row in history]
     fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
     ax.plot(epochs, [row["train_loss"] for row in history], marker="o", ms=3, label="train")
     ax.plot(epochs, [row["test_loss"] for row in history], marker="o", ms=3, label="test")
     ax.set_xlabel("Epoch")
-    ax.set_ylabel("MSE loss")
+    ax.set_ylabel(ylabel)
     ax.set_title("Loss per epoch")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -24,6 +24,7 @@ from shared.artifacts import (
     DECODER_FILE,
     FIGURES_DIR,
     METRICS_FILE,
+    PRIOR_SAMPLES_FIGURE,
     SCATTER_FIGURE,
     WEIGHTS_FILE,
     ArtifactFile,
@@ -39,7 +40,8 @@ from worker.checkpoint import (
 )
 from worker.data import ImageSplit, load_split
 from worker.files import write_jsonl
-from worker.models import ModelConfig, decode_points, encode_all
+from worker.models import VAE, LatentModel, ModelConfig, decode_points, encode_all
+from worker.models.priors import StandardNormal
 from worker.train import (
     EpochMetrics,
     TrainingCancelled,
@@ -54,6 +56,8 @@ from worker.train import (
 MANIFOLD_STEPS = 20
 INTERPOLATION_STEPS = 8
 RECONSTRUCTION_COUNT = 3
+PRIOR_SAMPLE_COUNT = 16
+PRIOR_SAMPLE_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -97,22 +101,25 @@ def draw_train_figures(
     latent_dim = model.config.latent_dim
     out: list[Path] = []
 
+    prior = model.prior
     out.append(
         figures.latent_scatter(
             train_codes, train.labels, folder / SCATTER_FIGURE,
             title=f"Latent space of the training set ({train.dataset}, {len(train):,} images)",
+            **label_options(train), contours=prior.components_2d() if prior is not None else (),
         )
     )
 
     originals = test_x[:RECONSTRUCTION_COUNT]
     with torch.no_grad():
-        recon = model(originals).reconstruction.cpu().numpy()
+        recon = model.reconstruct(originals).cpu().numpy()
     out.append(figures.reconstructions(originals.cpu().numpy(), recon, shape, figs / "reconstructions.png"))
 
     coords = seed_coordinates(latent_dim)
     out.append(figures.decoded_grid(decode_points(model, coords, device), coords.tolist(), shape, figs / "generated.png"))
 
-    out.append(figures.loss_curve(history, figs / "loss_curve.png"))
+    out.append(figures.loss_curve(history, figs / "loss_curve.png", ylabel=loss_label(model)))
+    out.append(prior_samples_figure(model, folder / PRIOR_SAMPLES_FIGURE, shape))
 
     if latent_dim == 2:
         xs, ys = figures.manifold_axes(train_codes, MANIFOLD_STEPS)
@@ -135,6 +142,30 @@ def draw_train_figures(
     return out
 
 
+def label_options(split: ImageSplit) -> dict:
+    """How the scatter names its colours: digits, clothing classes, or a sprites factor (the shape)."""
+    if split.factor_names:
+        return {"label_title": split.factor_names[0]}
+    return {"label_title": "Digit" if split.dataset == "mnist" else "Class"}
+
+
+def loss_label(model: LatentModel) -> str:
+    return "loss (nats per image)" if isinstance(model, VAE) else "MSE loss"
+
+
+def prior_samples_figure(model: LatentModel, path: Path, shape: tuple[int, int],
+                         count: int = PRIOR_SAMPLE_COUNT) -> Path:
+    """Decoded draws from the model's prior; a plain AE has none, so N(0, I) shows what it would give."""
+    prior = model.prior if model.prior is not None else StandardNormal(model.config.latent_dim)
+    generator = torch.Generator().manual_seed(PRIOR_SAMPLE_SEED)  # the figure never moves training's streams
+    points = prior.sample(count, generator=generator).numpy()
+    device = next(model.parameters()).device
+    title = (f"Samples from the prior: {prior.describe()}" if model.prior is not None
+             else "Draws from N(0, I) decoded: the plain AE has no prior (a sample job fits one to its codes)")
+    return figures.decoded_grid(decode_points(model, points, device), points.tolist(), shape, path,
+                                title=title, columns=8)
+
+
 def warm_up() -> float:
     """Pay a fresh process's one-time costs before its first job does; returns the seconds spent.
 
@@ -147,7 +178,7 @@ def warm_up() -> float:
 
     started = time.perf_counter()
     spec = TrainSpec.from_dict({"epochs": 1, "batch_size": 64, "device": "cpu"})
-    config = ModelConfig(kind="ae", input_shape=(28, 28), latent_dim=2, hidden=spec.hidden)
+    config = ModelConfig.from_spec(spec, (28, 28))
     x = torch.rand(256, 28 * 28)
     state = train(spec, new_state(spec, config, torch.device("cpu")), x, x[:64])
     with tempfile.TemporaryDirectory() as folder:
@@ -178,14 +209,14 @@ def run_training(
     train_split = load_split(spec.dataset, "train", data_dir, download=download)
     test_split = load_split(spec.dataset, "test", data_dir, download=download)
     device = resolve_device(spec.device)
-    config = ModelConfig(
-        kind=spec.model, input_shape=train_split.image_shape, latent_dim=spec.latent_dim, hidden=spec.hidden
-    )
+    config = ModelConfig.from_spec(spec, train_split.image_shape)
     log(
         f"training {spec.model} (latent {spec.latent_dim}, hidden {list(spec.hidden)}) on {spec.dataset}:"
         f" {len(train_split):,} train / {len(test_split):,} test images, {spec.epochs} epochs, device {device}"
     )
     state = new_state(spec, config, device)
+    objective = state.model.objective()
+    log(f"objective: {objective}; prior: {state.model.describe_prior()}")
     if resume_from is not None and load_training_state(resume_from, state):
         log(f"resuming after epoch {state.epoch}")
     train_x = images_to_tensor(train_split, device)
@@ -211,6 +242,8 @@ def run_training(
             "train": _split_record(train_split),
             "test": _split_record(test_split),
         },
+        "objective": objective,
+        "prior": state.model.describe_prior(),
         "device": str(device),
         "versions": library_versions(),
         "result": {

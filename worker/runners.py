@@ -17,9 +17,10 @@ from shared.kinds import RunContext, RunOutput
 from shared.specs import EmbedSpec, SampleSpec, TrainSpec, latent_width_problem
 from worker import figures
 from worker.checkpoint import load_model
-from worker.data import load_split
+from worker.data import ImageSplit, load_split
 from worker.files import atomic_path
 from worker.models import decode_points, encode_all
+from worker.pipeline import label_options, run_training
 from worker.train import images_to_tensor
 
 GMM_COMPONENTS = 10
@@ -34,8 +35,6 @@ def save_array(ctx: RunContext, name: str, array: np.ndarray) -> ArtifactFile:
 
 
 def run_train(spec: TrainSpec, ctx: RunContext) -> RunOutput:
-    from worker.pipeline import run_training
-
     result = run_training(spec, ctx.folder, data_dir=ctx.data_dir, download=ctx.allow_download, log=ctx.log,
                           on_epoch=ctx.on_epoch, should_stop=ctx.should_stop, resume_from=ctx.resume_from)
     return RunOutput(result.artifacts, None)  # progress was recorded epoch by epoch
@@ -47,26 +46,42 @@ def run_embed(spec: EmbedSpec, ctx: RunContext) -> RunOutput:
     split = load_split(dataset, spec.split, ctx.data_dir)
     count = len(split) if spec.limit is None else min(spec.limit, len(split))
     x = images_to_tensor(split, torch.device("cpu"))[:count]
-    labels = split.labels[:count]
+    colours, colour_options = colour_labels(split, spec.color_by)
+    colours = colours[:count]
     ctx.log(f"embedding {count:,} {dataset} {spec.split} images")
-    codes = encode_all(model, x)
-    files = [save_array(ctx, "codes.npy", codes.astype(np.float32)), save_array(ctx, "labels.npy", labels.astype(np.int64))]
+    codes = encode_all(model, x)  # posterior means for the VAEs
+    files = [save_array(ctx, "codes.npy", codes.astype(np.float32)),
+             save_array(ctx, "labels.npy", split.labels[:count].astype(np.int64))]
+    if split.factors is not None:
+        files.append(save_array(ctx, "factors.npy", split.factors[:count].astype(np.int64)))
     title = f"Codes of {count:,} {dataset} {spec.split} images"
     latent_dim = codes.shape[1]
+    scatter = {**colour_options, "contours": model.prior.components_2d() if model.prior is not None else ()}
     if latent_dim <= 2:
-        figures.latent_scatter(codes, labels, ctx.folder / EMBEDDING_FIGURE, title)
+        figures.latent_scatter(codes, colours, ctx.folder / EMBEDDING_FIGURE, title, **scatter)
         files += figure_files(EMBEDDING_FIGURE)
     else:
-        figures.latent_scatter(codes, labels, ctx.folder / EMBEDDING_PCA_FIGURE, title + " (PCA)")
+        figures.latent_scatter(codes, colours, ctx.folder / EMBEDDING_PCA_FIGURE, title + " (PCA)", **colour_options)
         from sklearn.manifold import TSNE
 
         ctx.log(f"t-SNE of {count:,} codes of dimension {latent_dim}")
         perplexity = min(30.0, max(2.0, (count - 1) / 3))
         points = TSNE(n_components=2, init="pca", random_state=0, perplexity=perplexity).fit_transform(codes)
         tsne = "figures/embedding_tsne.png"
-        figures.scatter_2d(points, labels, ctx.folder / tsne, title + " (t-SNE)", ("t-SNE 1", "t-SNE 2"))
+        figures.scatter_2d(points, colours, ctx.folder / tsne, title + " (t-SNE)", ("t-SNE 1", "t-SNE 2"),
+                           **colour_options)
         files += figure_files(EMBEDDING_PCA_FIGURE) + figure_files(tsne)
     return RunOutput(files, {"count": count, "latent_dim": latent_dim, "dataset": dataset, "split": spec.split})
+
+
+def colour_labels(split: ImageSplit, color_by: str | None) -> tuple[np.ndarray, dict]:
+    """The values the scatter colours by: the class labels, or one factor of a dataset with known factors."""
+    if color_by is None:
+        return split.labels, label_options(split)
+    if color_by not in split.factor_names:
+        known = ", ".join(split.factor_names) if split.factor_names else f"none: {split.dataset} has no factors"
+        raise JobInputError(f"color_by: {color_by!r} is not a factor of {split.dataset} (factors: {known})")
+    return split.factors[:, split.factor_names.index(color_by)], {"label_title": color_by}
 
 
 def fit_code_mixture(codes: np.ndarray, seed: int):
@@ -84,6 +99,11 @@ def run_sample(spec: SampleSpec, ctx: RunContext) -> RunOutput:
             raise JobInputError(f"latent_coords: {problem}")
         points = np.asarray(spec.latent_coords, dtype=np.float32)
         title, source = "Decoded latent points", "given"
+    elif model.prior is not None:
+        generator = torch.Generator().manual_seed(spec.seed)
+        points = model.prior.sample(spec.n, generator=generator).numpy()
+        title, source = f"{spec.n} samples from the prior, {model.prior.describe()}", "prior"
+        ctx.log(f"drawing {spec.n} points from the model's prior: {model.prior.describe()}")
     else:
         # A plain autoencoder has no prior: draw from a Gaussian mixture fitted to its training codes.
         dataset = config["train"]["dataset"]
@@ -94,10 +114,13 @@ def run_sample(spec: SampleSpec, ctx: RunContext) -> RunOutput:
         title = f"{spec.n} samples from a {GMM_COMPONENTS}-component Gaussian mixture fitted to the training codes"
         source = "gmm"
         ctx.log(f"fitted a {GMM_COMPONENTS}-component mixture to {len(x):,} training codes")
-    decoded = decode_points(model, points)
+    decoded = decode_points(model, points)  # the likelihood's mean (sigmoid of the logits for bernoulli)
     images = decoded.reshape(len(points), *shape).astype(np.float32)
     files = [save_array(ctx, "images.npy", images), save_array(ctx, "coords.npy", points)]
     figures.decoded_grid(decoded, points.tolist(), shape, ctx.folder / SAMPLES_FIGURE, title=title,
                          columns=min(len(points), 8))
     files += figure_files(SAMPLES_FIGURE)
-    return RunOutput(files, {"count": len(points), "source": source})
+    described = {"given": "the given latent points", "prior": f"the model's prior, {model.describe_prior()}",
+                 "gmm": f"a {GMM_COMPONENTS}-component Gaussian mixture fitted to the training codes"
+                        " (a plain autoencoder has no prior)"}
+    return RunOutput(files, {"count": len(points), "source": source, "drawn_from": described[source]})

@@ -25,17 +25,15 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from shared.errors import TrainingError
 from shared.specs import TrainSpec
 from worker.data import ImageSplit
-from worker.models import ModelConfig, build_model
+from worker.models import LatentModel, ModelConfig, build_model
 
 EVAL_BATCH = 256  # test loss: mean over batches of this size, like a test DataLoader
 EVAL_CHUNK = 4096  # rows per forward pass when evaluating (memory bound, not numerics)
@@ -48,27 +46,34 @@ class TrainingCancelled(Exception):
 @dataclass(frozen=True)
 class EpochMetrics:
     epoch: int
-    train_loss: float
-    test_loss: float
+    train_loss: float  # mean over the epoch's batches of the minimised loss ("total")
+    test_loss: float  # the same loss on the test split
     seconds: float
     samples_per_s: float
+    extra: dict[str, float] = field(default_factory=dict)  # the kind's own terms: train_kl, test_elbo, ...
 
     def to_dict(self) -> dict[str, float | int]:
         return {
             "epoch": self.epoch,
             "train_loss": self.train_loss,
             "test_loss": self.test_loss,
+            **self.extra,
             "seconds": round(self.seconds, 6),
             "samples_per_s": round(self.samples_per_s, 1),
         }
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> "EpochMetrics":
+        own = {k: row[k] for k in ("epoch", "train_loss", "test_loss", "seconds", "samples_per_s")}
+        return cls(**own, extra={k: v for k, v in row.items() if k not in own})
 
 
 @dataclass
 class TrainState:
     """Everything needed to continue training after ``epoch`` epochs."""
 
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
+    model: LatentModel
+    optimizers: dict[str, torch.optim.Optimizer]  # by name; the AAE has three
     epoch: int = 0
     history: list[EpochMetrics] = field(default_factory=list)
 
@@ -125,67 +130,41 @@ def images_to_tensor(split: ImageSplit, device: torch.device) -> torch.Tensor:
     return pixels.to(device).to(torch.float32).div_(255)
 
 
-def flatten_parameters(model: nn.Module) -> nn.Parameter:
-    """Make every parameter and its gradient a view into one flat buffer each.
-
-    Why: Adam's update is elementwise, so running it once over the flat buffer
-    gives bit-for-bit the numbers of the notebook's per-tensor Adam, in a
-    handful of kernels instead of about ten per tensor. (PyTorch's fused Adam
-    is as fast but rounds differently, and over 50 epochs the seed run would
-    drift from the notebook's printed losses.)
-    """
-    params = list(model.parameters())
-    flat = torch.cat([p.detach().reshape(-1) for p in params])
-    flat_grad = torch.zeros_like(flat)
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.data = flat[offset : offset + n].view_as(p)
-        p.grad = flat_grad[offset : offset + n].view_as(p)
-        offset += n
-    flat_param = nn.Parameter(flat)
-    flat_param.grad = flat_grad
-    return flat_param
-
-
-def build_optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
-    # foreach=False: the single-tensor update, the notebook's default on the CPU.
-    return torch.optim.Adam([flatten_parameters(model)], lr=spec.lr, foreach=False)
-
-
 def new_state(spec: TrainSpec, config: ModelConfig, device: torch.device) -> TrainState:
     """Seed everything and build the model exactly as the notebook does."""
     seed_everything(spec.seed)
     model = build_model(config).to(device)
-    return TrainState(model=model, optimizer=build_optimizer(model, spec))
+    return TrainState(model=model, optimizers=model.make_optimizers(spec.lr))
 
 
-@torch.no_grad()
-def per_sample_mse(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def evaluate(model: LatentModel, x: torch.Tensor, progress: float = 0.0,
+             batch_size: int = EVAL_BATCH) -> dict[str, float]:
+    """Each per-sample term of ``model.evaluate`` as the mean of per-batch means over ``x`` in order,
+    as a notebook's test loop reports its loss (``loss`` first)."""
     was_training = model.training
     model.eval()
-    out = torch.cat(
-        [(model(chunk).reconstruction - chunk).pow(2).mean(dim=1) for chunk in x.split(EVAL_CHUNK)]
-    )
+    chunks = [model.evaluate(chunk, progress) for chunk in x.split(EVAL_CHUNK)]
     model.train(was_training)
-    return out
+    terms = {name: torch.cat([c[name] for c in chunks]) for name in chunks[0]}
+    means = torch.stack([torch.stack([b.mean() for b in t.split(batch_size)]).mean() for t in terms.values()])
+    return dict(zip(terms, means.tolist()))  # one host sync
 
 
-def evaluate_loss(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> float:
-    """Mean of per-batch MSE over ``x`` in order, as a notebook's test loop reports it."""
-    per_sample = per_sample_mse(model, x)
-    batch_means = torch.stack([b.mean() for b in per_sample.split(batch_size)])
-    return float(batch_means.mean().item())
+def evaluate_loss(model: LatentModel, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> float:
+    """Mean of per-batch losses over ``x`` in order, as a notebook's test loop reports it."""
+    return evaluate(model, x, batch_size=batch_size)["loss"]
 
 
-def _check_finite(loss_sum: torch.Tensor, epoch: int) -> float:
-    value = float(loss_sum.item())
-    if not math.isfinite(value):
+def _check_finite(sums: dict[str, torch.Tensor], epoch: int) -> dict[str, float]:
+    values = dict(zip(sums, torch.stack(list(sums.values())).tolist()))  # one host sync per epoch
+    bad = {name: value for name, value in values.items() if not math.isfinite(value)}
+    if bad:
+        terms = "" if list(bad) == ["total"] else " (" + ", ".join(f"{k} {v}" for k, v in bad.items()) + ")"
         raise TrainingError(
-            f"training loss became {value} in epoch {epoch}; lower the learning rate"
-            " or check the data"
+            f"training loss became {bad.get('total', next(iter(bad.values())))} in epoch {epoch}{terms};"
+            " lower the learning rate or check the data"
         )
-    return value
+    return values
 
 
 def train(
@@ -203,7 +182,7 @@ def train(
     ``should_stop`` is polled between batches and raises
     :class:`TrainingCancelled` when it returns true.
     """
-    model, optimizer = state.model, state.optimizer
+    model, optimizers = state.model, state.optimizers
     if train_x.device.type == "cpu":
         keep_large_allocations_on_heap()
     n = train_x.shape[0]
@@ -212,22 +191,26 @@ def train(
     for epoch in range(state.epoch + 1, spec.epochs + 1):
         started = time.perf_counter()
         order = dataloader_permutation(n).to(train_x.device)
-        loss_sum = torch.zeros((), device=train_x.device)
-        for batch_idx in order.split(spec.batch_size):
+        sums: dict[str, torch.Tensor] = {}
+        for step, batch_idx in enumerate(order.split(spec.batch_size)):
             if should_stop is not None and should_stop():
                 raise TrainingCancelled(f"cancelled during epoch {epoch}")
             x = train_x.index_select(0, batch_idx)
-            reconstruction, _ = model(x)
-            loss = F.mse_loss(reconstruction, x)
-            optimizer.zero_grad(set_to_none=False)  # in place: the gradients are views
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach()
-        # One host sync per epoch: a NaN poisons the sum, so checking it suffices.
-        train_loss = _check_finite(loss_sum, epoch) / batches_per_epoch
-        test_loss = evaluate_loss(model, test_x)
+            parts = model.train_step(x, optimizers, epoch - 1 + step / batches_per_epoch)
+            for name, value in parts.items():
+                if name != "total" and value is parts["total"]:
+                    continue  # the same tensor under two names (the AE's recon is its total)
+                if name not in sums:
+                    sums[name] = torch.zeros((), device=train_x.device)
+                sums[name] += value.detach()
+        # A NaN poisons its sum, so checking the sums once per epoch suffices.
+        train_terms = {k: v / batches_per_epoch for k, v in _check_finite(sums, epoch).items()}
+        test_terms = evaluate(model, test_x, progress=epoch)
         seconds = time.perf_counter() - started
-        metrics = EpochMetrics(epoch, train_loss, test_loss, seconds, n / seconds)
+        extra = {f"train_{k}": v for k, v in train_terms.items() if k != "total"}
+        extra |= {f"test_{k}": v for k, v in test_terms.items() if k != "loss"}
+        extra |= model.epoch_metrics(epoch)
+        metrics = EpochMetrics(epoch, train_terms["total"], test_terms["loss"], seconds, n / seconds, extra)
         state.epoch = epoch
         state.history.append(metrics)
         if on_epoch is not None:
@@ -237,8 +220,10 @@ def train(
 
 def format_progress(metrics: EpochMetrics, total_epochs: int) -> str:
     width = len(str(total_epochs))
+    terms = "".join(f"  {name[6:]} {value:.4g}" for name, value in metrics.extra.items()
+                    if name.startswith("train_") and name != "train_recon")
     return (
         f"epoch {metrics.epoch:>{width}}/{total_epochs}  train {metrics.train_loss:.4f}"
-        f"  test {metrics.test_loss:.4f}  {metrics.seconds:.2f}s"
+        f"  test {metrics.test_loss:.4f}{terms}  {metrics.seconds:.2f}s"
         f"  {metrics.samples_per_s:,.0f} samples/s"
     )

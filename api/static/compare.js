@@ -1,10 +1,13 @@
-// Compare page: every run's loss curves in one chart, one colour per run.
+// Compare page: every run's metric curves in one chart, one colour per run; the legend chooses the
+// metrics (shared by all runs), train_* solid and test_* dashed.
 "use strict";
 
 document.addEventListener("DOMContentLoaded", () => {
   const chart = document.getElementById("compare-chart");
-  const curves = JSON.parse(chart.dataset.curves || "[]");
-  const { drawChart, lossSeries, COLOURS } = window.LatentForgeChart;
-  const series = curves.flatMap((c, i) => lossSeries(c.history, c.label + " ", COLOURS[i % COLOURS.length]));
-  drawChart(chart, series.filter((s) => s.points.length));
+  if (!chart) return;
+  const { metricChart, parseJSON } = window.LatentForgeChart;
+  let curves = parseJSON(chart.dataset.curves, []);
+  if (!Array.isArray(curves)) curves = [];
+  const runs = curves.map((c) => ({ id: c.id, label: c.label, history: Array.isArray(c.history) ? c.history : [] }));
+  metricChart(chart, { runs, perRun: true, storageKey: "compare" });
 });

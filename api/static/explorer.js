@@ -24,7 +24,29 @@ function parseSafetensors(buffer) {
   return { tensors, metadata };
 }
 
+// The likelihood's mean from the last layer's output, by the metadata's `output`: "identity" (or absent,
+// the decoders exported before it existed) passes it through; "sigmoid" (Bernoulli likelihood: the last
+// layer gives logits) maps each logit to its probability.
+const OUTPUTS = {
+  identity: (x) => x,
+  sigmoid: (x) => {
+    if (x >= 0) return 1 / (1 + Math.exp(-x));
+    const e = Math.exp(x); // stable for large negative logits: exp(-x) would overflow
+    return e / (1 + e);
+  },
+};
+
+function outputFunction(metadata) {
+  const name = metadata.output === undefined ? "identity" : metadata.output;
+  if (!Object.prototype.hasOwnProperty.call(OUTPUTS, name)) {
+    throw new Error("unknown decoder output " + JSON.stringify(name) + " (this page knows " +
+      Object.keys(OUTPUTS).map((k) => JSON.stringify(k)).join(" and ") + ")");
+  }
+  return OUTPUTS[name];
+}
+
 function makeDecoder(parsed) {
+  const output = outputFunction(parsed.metadata);
   const plan = JSON.parse(parsed.metadata.layers);
   const layers = plan.map((step, i) => ({
     ...step,
@@ -43,12 +65,13 @@ function makeDecoder(parsed) {
       }
       h = out;
     }
+    if (output !== OUTPUTS.identity) for (let j = 0; j < h.length; j++) h[j] = output(h[j]);
     return h;
   };
 }
 
 function toPixels(values) {
-  // The decoder has no output activation: clip to [0, 1] for display, as the server's figures do.
+  // The decoder's mean (after its output function): clip to [0, 1] for display, as the server's figures do.
   const pixels = new Uint8ClampedArray(values.length);
   for (let i = 0; i < values.length; i++) pixels[i] = Math.round(Math.min(1, Math.max(0, values[i])) * 255);
   return pixels;
