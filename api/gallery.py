@@ -137,6 +137,10 @@ def is_2d_model(job: dict[str, Any]) -> bool:
     return job["spec"].get("latent_dim") == 2 and artifact_of_kind(job, ArtifactKind.DECODER) is not None
 
 
+MODEL_CHOICES = [("ae", "ae: autoencoder (seed)"), ("vae", "vae: variational AE"), ("beta_vae", "beta_vae: β-VAE"),
+                 ("aae", "aae: adversarial AE")]
+
+
 def generic_fields(kind: JobKind) -> list[dict[str, str]]:
     """A form for a kind without a template of its own: one text field per spec field, with its default."""
     parent_field = kind.parent.field if kind.parent else None
@@ -166,6 +170,7 @@ def render_runs(errors: list[dict[str, str]] | None = None, form: dict[str, Any]
         total=sum(counts.values()), kinds=list(KINDS.values()), states=[s.value for s in JobState],
         defaults={**SEED_PRESET, "device": "auto", "preset": "seed", "hidden": "128,64"}, form=form or {},
         errors=errors or [], parents=parents, generic_fields=generic_fields, thumb_names=json.dumps(THUMB_PREFERENCE),
+        model_kinds=MODEL_CHOICES,
     )
     return html, status
 

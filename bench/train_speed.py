@@ -9,6 +9,11 @@ each, the ratio, and the largest per-epoch loss difference, which must stay
 within 0.0002 (same seed, same batches).
 
     python bench/train_speed.py [--epochs 4] [--rounds 2] [--device cpu|cuda]
+
+With ``--model vae`` (or ``aae``, or several: ``--model vae,beta_vae,aae``) it
+instead times each model kind's epoch against the AE's, on the same data and
+device in the same run (rounds alternate AE, kind, AE, kind, ...), and prints
+seconds per epoch and the ratio to the AE.
 """
 
 from __future__ import annotations
@@ -46,9 +51,9 @@ def torchvision_layout(data_dir: Path, root: Path) -> Path:
     return root
 
 
-def ours_run(data_dir: Path, epochs: int, device: torch.device) -> list[tuple[float, float, float]]:
-    spec = TrainSpec.from_dict({"preset": "seed", "epochs": epochs, "device": device.type})
-    state = new_state(spec, ModelConfig(), device)
+def ours_run(data_dir: Path, epochs: int, device: torch.device, model: str = "ae") -> list[tuple[float, float, float]]:
+    spec = TrainSpec.from_dict({"preset": "seed", "model": model, "epochs": epochs, "device": device.type})
+    state = new_state(spec, ModelConfig.from_spec(spec, (28, 28)), device)
     train_x = images_to_tensor(load_split("mnist", "train", data_dir), device)
     test_x = images_to_tensor(load_split("mnist", "test", data_dir), device)
     if device.type == "cuda":
@@ -63,8 +68,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--data-dir", default=os.environ.get("LATENTFORGE_DATA_DIR", str(REPO.parent / "shared/data/mnist")))
+    parser.add_argument("--model", help="time these model kinds (comma-separated) against the AE instead")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    if args.model:
+        return compare_kinds(args, device)
     # Process-wide: give the notebook loop the same allocator setting as ours.
     keep_large_allocations_on_heap()
     data_dir = Path(args.data_dir).resolve()
@@ -95,6 +103,31 @@ def main() -> int:
     print(f"ratio         : {ratio:.2f}x")
     print(f"max |loss difference| per epoch: {max_diff:.6f} ({'ok' if max_diff <= 2e-4 else 'TOO LARGE'}, limit 0.0002)")
     return 0 if max_diff <= 2e-4 else 1
+
+
+def compare_kinds(args: argparse.Namespace, device: torch.device) -> int:
+    """Seconds per epoch of each kind against the AE's, measured in the same run."""
+    keep_large_allocations_on_heap()
+    data_dir = Path(args.data_dir).resolve()
+    kinds = ["ae"] + [k for k in args.model.split(",") if k != "ae"]
+    limits = {"vae": 1.5, "beta_vae": 1.5, "aae": 3.0}  # the issue's ceilings, relative to the AE
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(args.rounds):
+        for kind in kinds:
+            times[kind] += [s for _, _, s in ours_run(data_dir, args.epochs, device, kind)[1:]]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {device} ({name}); torch {torch.__version__}; seed trunk, latent 2, batch 256;"
+          f" median of {len(times['ae'])} epochs each")
+    ae = statistics.median(times["ae"])
+    ok = True
+    for kind in kinds:
+        seconds = statistics.median(times[kind])
+        ratio = seconds / ae
+        limit = limits.get(kind)
+        verdict = "" if limit is None else f"  (limit {limit}x: {'ok' if ratio <= limit else 'OVER'})"
+        ok &= limit is None or ratio <= limit
+        print(f"{kind:<9}: {seconds:.3f} s/epoch  {ratio:.2f}x the AE{verdict}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def assert_problem(response: requests.Response, status: int, *needles: str, fiel
 
 BAD_BODIES = [
     ({"kind": "dance", "spec": {}}, "kind", "must be one of train, embed, sample"),
-    ({"kind": "train", "spec": {"colour": "red"}}, "spec.colour", "Extra inputs are not permitted"),
+    ({"kind": "train", "spec": {"colour": "red"}}, "spec.colour", "not a field of model 'ae'"),
     ({"kind": "train", "spec": {}, "owner": "me"}, "owner", "Extra inputs are not permitted"),
     ({"kind": "train", "spec": {"epochs": "5"}}, "spec.epochs", "valid integer"),
     ({"kind": "train", "spec": {"epochs": 0}}, "spec.epochs", "greater than or equal to 1"),
@@ -71,7 +71,20 @@ BAD_BODIES = [
     ({"kind": "train", "spec": {"lr": float("nan")}}, "spec.lr", "finite number"),
     ({"kind": "train", "spec": {"lr": -1}}, "spec.lr", "greater than 0"),
     ({"kind": "train", "spec": {"hidden": [128, "x"]}}, "spec.hidden.1", "valid integer"),
-    ({"kind": "train", "spec": {"model": "gan"}}, "spec.model", "'ae'"),
+    ({"kind": "train", "spec": {"model": "gan"}}, "spec.model", "must be one of ae, vae, beta_vae, aae"),
+    # The model kinds' own fields: each kind takes only its own, and checks them.
+    ({"kind": "train", "spec": {"beta": 2.0}}, "spec.beta", "not a field of model 'ae'"),
+    ({"kind": "train", "spec": {"model": "vae", "prior": "gaussian"}}, "spec.prior", "not a field of model 'vae'"),
+    ({"kind": "train", "spec": {"model": "vae", "beta": -0.5}}, "spec.beta", "greater than or equal to 0"),
+    ({"kind": "train", "spec": {"model": "beta_vae", "beta": float("nan")}}, "spec.beta", "finite number"),
+    ({"kind": "train", "spec": {"model": "beta_vae", "capacity_max": 25}}, "spec.capacity_epochs", "required with capacity_max"),
+    ({"kind": "train", "spec": {"model": "beta_vae", "gamma": 100}}, "spec.gamma", "only with a capacity schedule"),
+    ({"kind": "train", "spec": {"model": "vae", "likelihood": "poisson"}}, "spec.likelihood", "'bernoulli' or 'gaussian'"),
+    ({"kind": "train", "spec": {"model": "vae", "gaussian_std": 0.1}}, "spec.gaussian_std", "only with likelihood 'gaussian'"),
+    ({"kind": "train", "spec": {"model": "aae", "prior": "uniform"}}, "spec.prior", "'gaussian' or 'mixture'"),
+    ({"kind": "train", "spec": {"model": "aae", "disc_hidden": []}}, "spec.disc_hidden", "at least 1 item"),
+    ({"kind": "train", "spec": {"model": "aae", "beta": 1}}, "spec.beta", "not a field of model 'aae'"),
+    ({"kind": "embed", "spec": {"model_job": str(uuid.uuid4()), "color_by": ""}}, "spec.color_by", "at least 1 character"),
     ({"kind": "train", "spec": [1, 2]}, "spec", "valid dictionary"),
     ({"kind": "embed", "spec": {}}, "spec.model_job", "Field required"),
     ({"kind": "embed", "spec": {"model_job": "not-an-id"}}, "spec.model_job", "not a job id"),
@@ -186,8 +199,18 @@ def test_openapi_document_describes_the_api(stack):
     assert doc["openapi"].startswith("3.1")
     assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel", "/jobs/{job_id}/events", "/artifacts/{artifact_id}",
             "/health"} <= set(doc["paths"])
-    train = doc["components"]["schemas"]["TrainSpec"]["properties"]
+    schemas = doc["components"]["schemas"]
+    # A train spec is one of the model kinds' specs, chosen by "model"; each has only its own fields.
+    union = schemas["TrainSpec"]
+    assert union["discriminator"]["propertyName"] == "model"
+    assert set(union["discriminator"]["mapping"]) == {"ae", "vae", "beta_vae", "aae"}
+    assert {ref["$ref"].rsplit("/", 1)[1] for ref in union["oneOf"]} == {"AETrainSpec", "VAETrainSpec", "BetaVAETrainSpec", "AAETrainSpec"}
+    train = schemas["AETrainSpec"]["properties"]
     assert train["epochs"]["minimum"] == 1 and train["epochs"]["maximum"] == 10000 and train["epochs"]["default"] == 50
+    assert "beta" not in train and schemas["AETrainSpec"]["additionalProperties"] is False
+    assert schemas["VAETrainSpec"]["properties"]["beta"]["default"] == 1.0 and "prior" not in schemas["VAETrainSpec"]["properties"]
+    assert schemas["BetaVAETrainSpec"]["properties"]["beta"]["default"] == 4.0
+    assert schemas["AAETrainSpec"]["properties"]["prior"]["enum"] == ["gaussian", "mixture"]
     assert doc["paths"]["/jobs"]["post"]["security"] == [{"bearer": []}]
 
 

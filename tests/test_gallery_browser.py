@@ -95,9 +95,12 @@ def load_all_images(page, selector: str) -> list[int]:
     return widths
 
 
-def submit_train_form(page, stack, **fields) -> str:
-    page.goto(stack.url + "/")
+def submit_train_form(page, stack, selects: dict[str, str] | None = None, go: bool = True, **fields) -> str:
+    if go:
+        page.goto(stack.url + "/")
     form = page.locator("#train-form")
+    for name, value in (selects or {}).items():
+        form.locator(f"[name={name}]").select_option(value)
     for name, value in fields.items():
         form.locator(f"[name={name}]").fill(str(value))
     with page.expect_navigation():
@@ -105,6 +108,37 @@ def submit_train_form(page, stack, **fields) -> str:
     match = re.search(r"/runs/([0-9a-f-]{36})$", page.url)
     assert match, page.url
     return match.group(1)
+
+
+def explore_then_decode_on_server(stack, page, job_id: str, shoot: bool = False) -> str:
+    """Two pointer positions decode to two different images in the browser, equal within 1/255 per pixel
+    to the server's decode of the same points (a sample job the page submits); returns that job's id."""
+    page.goto(stack.url + f"/runs/{job_id}/explore")
+    page.wait_for_function("() => document.getElementById('explorer-status').dataset.ready === 'true'", timeout=30_000)
+    box = page.locator("#plane").bounding_box()
+    points = [(box["x"] + 0.3 * box["width"], box["y"] + 0.35 * box["height"]),
+              (box["x"] + 0.75 * box["width"], box["y"] + 0.7 * box["height"])]
+    browser_decodes = []
+    for x, y in points:
+        page.mouse.move(x, y)
+        page.mouse.click(x, y)
+        browser_decodes.append(page.evaluate("() => window.latentExplorer.last"))
+    first, second = (np.array(d["pixels"]) for d in browser_decodes)
+    assert first.shape == (784,) and np.abs(first - second).max() > 50
+    assert json.loads(page.locator("#pinned-coords").input_value()) == [d["z"] for d in browser_decodes]
+    if shoot:
+        shot(page, "explorer")
+    with page.expect_navigation():
+        page.locator("#decode-on-server").click()
+    sample_id = re.search(r"/runs/([0-9a-f-]{36})$", page.url).group(1)
+    sample = stack.wait_job(sample_id)
+    assert sample["state"] == "succeeded" and sample["spec"]["latent_coords"] == [d["z"] for d in browser_decodes]
+    images_url = next(a["url"] for a in sample["artifacts"] if a["name"] == "images.npy")
+    server = np.load(io.BytesIO(requests.get(stack.url + images_url, headers=stack.headers(), timeout=30).content))
+    for decoded, image in zip(browser_decodes, server):
+        server_pixels = np.round(np.clip(image.reshape(-1), 0, 1) * 255)
+        assert np.abs(server_pixels - np.array(decoded["pixels"])).max() <= 1
+    return sample_id
 
 
 def test_seed_run_from_the_form_then_compare_and_explore(stack, page):
@@ -125,13 +159,13 @@ def test_seed_run_from_the_form_then_compare_and_explore(stack, page):
                            timeout=60_000)
     shot(page, "run-training")
     # ...and when it ends the page shows its figures, every one loaded.
-    page.wait_for_function("() => !window.__sameDocument && document.querySelectorAll('.figure img').length === 6",
+    page.wait_for_function("() => !window.__sameDocument && document.querySelectorAll('.figure img').length === 7",
                            timeout=120_000)
     assert page.locator("#run [data-role=state]").inner_text() == "succeeded"
     widths = load_all_images(page, ".figure img")
-    assert len(widths) == 6 and min(widths) > 0
+    assert len(widths) == 7 and min(widths) > 0
     assert page.locator("#loss-chart svg path").count() == 2
-    assert page.locator("a[download]").count() >= 6 + 5  # each figure and the checkpoint files
+    assert page.locator("a[download]").count() >= 7 + 5  # each figure and the checkpoint files
     shot(page, "run")
 
     # 3. A second run, then compare the two from the runs page.
@@ -150,40 +184,15 @@ def test_seed_run_from_the_form_then_compare_and_explore(stack, page):
     differing = page.locator("#compare-table tr.differs th").all_inner_texts()
     assert {"epochs", "lr"} <= set(differing) and "batch_size" not in differing
     rows = page.locator("#compare-table tr.figure-row")
-    assert rows.count() == 6
+    assert rows.count() == 7
     for i in range(rows.count()):
         assert rows.nth(i).locator("img").count() == 2  # the same figure of both runs side by side
     assert min(load_all_images(page, "#compare-table img")) > 0
     assert page.locator("#compare-chart svg path").count() == 4
     shot(page, "compare")
 
-    # 4. The latent explorer: two pointer positions decode to two different images in the browser...
-    page.goto(stack.url + f"/runs/{job_id}/explore")
-    page.wait_for_function("() => document.getElementById('explorer-status').dataset.ready === 'true'", timeout=30_000)
-    box = page.locator("#plane").bounding_box()
-    points = [(box["x"] + 0.3 * box["width"], box["y"] + 0.35 * box["height"]),
-              (box["x"] + 0.75 * box["width"], box["y"] + 0.7 * box["height"])]
-    browser_decodes = []
-    for x, y in points:
-        page.mouse.move(x, y)
-        page.mouse.click(x, y)
-        browser_decodes.append(page.evaluate("() => window.latentExplorer.last"))
-    first, second = (np.array(d["pixels"]) for d in browser_decodes)
-    assert first.shape == (784,) and np.abs(first - second).max() > 50
-    assert json.loads(page.locator("#pinned-coords").input_value()) == [d["z"] for d in browser_decodes]
-    shot(page, "explorer")
-
-    # ...and equal, within 1/255 per pixel, to the server's decode of the same points.
-    with page.expect_navigation():
-        page.locator("#decode-on-server").click()
-    sample_id = re.search(r"/runs/([0-9a-f-]{36})$", page.url).group(1)
-    sample = stack.wait_job(sample_id)
-    assert sample["state"] == "succeeded" and sample["spec"]["latent_coords"] == [d["z"] for d in browser_decodes]
-    images_url = next(a["url"] for a in sample["artifacts"] if a["name"] == "images.npy")
-    server = np.load(io.BytesIO(requests.get(stack.url + images_url, headers=stack.headers(), timeout=30).content))
-    for decoded, image in zip(browser_decodes, server):
-        server_pixels = np.round(np.clip(image.reshape(-1), 0, 1) * 255)
-        assert np.abs(server_pixels - np.array(decoded["pixels"])).max() <= 1
+    # 4. The latent explorer decodes in the browser what the server decodes.
+    sample_id = explore_then_decode_on_server(stack, page, job_id, shoot=True)
     page.wait_for_function("() => document.querySelectorAll('.figure img').length === 1", timeout=30_000)
     assert min(load_all_images(page, ".figure img")) > 0
     shot(page, "sample")
@@ -195,6 +204,40 @@ def test_seed_run_from_the_form_then_compare_and_explore(stack, page):
     with page.expect_navigation():
         link.click()
     assert page.locator("#runs tbody tr[data-job-id]").evaluate_all("rows => rows.map(r => r.dataset.jobId)") == [sample_id]
+
+
+def test_a_vae_from_the_form_shows_its_own_metrics_and_explores_like_the_server(stack, page):
+    # The form sends the chosen model's own fields only: the AAE's stay disabled for a VAE.
+    page.goto(stack.url + "/")
+    form = page.locator("#train-form")
+    form.locator("[name=model]").select_option("vae")
+    assert form.locator("[name=prior]").is_disabled() and not form.locator("[name=beta]").is_disabled()
+    job_id = submit_train_form(page, stack, go=False, epochs=3, beta=0.5, name="vae from the form")
+    job = stack.wait_job(job_id)
+    assert job["state"] == "succeeded", job.get("error")
+    assert job["spec"]["model"] == "vae" and job["spec"]["beta"] == 0.5 and "prior" not in job["spec"]
+    assert "figures/prior_samples.png" in {a["name"] for a in job["artifacts"]}
+    page.goto(stack.url + f"/runs/{job_id}")
+    legend = page.locator("#loss-chart [data-role=metric-legend]")
+    metrics = legend.locator("button[data-metric]").evaluate_all(
+        "bs => Object.fromEntries(bs.map(b => [b.dataset.metric, b.getAttribute('aria-pressed')]))")
+    assert {"train_loss", "test_loss", "train_kl", "test_kl", "test_elbo", "test_mse"} <= set(metrics)
+    assert metrics["train_loss"] == metrics["test_loss"] == "true" and metrics["train_kl"] == "false"
+    legend.locator("[data-metric=train_kl]").click()
+    assert page.locator("#loss-chart svg path[data-metric=train_kl]").count() == 1
+    log = page.locator("#loss-chart [data-role=log-scale]")
+    legend.locator("[data-metric=test_elbo]").click()  # a negative quantity: no log scale
+    assert log.is_disabled() and "test elbo" in log.get_attribute("title")
+    shot(page, "run-vae")
+    # The explorer applies the Bernoulli mean (the sigmoid) as the server does.
+    explore_then_decode_on_server(stack, page, job_id)
+
+
+def test_the_explorer_matches_the_server_for_an_adversarial_autoencoder(stack, page):
+    job = stack.wait_job(stack.submit("train", {"model": "aae", "prior": "mixture", "epochs": 2, "device": "cpu"},
+                                      name="aae")["id"])
+    assert job["state"] == "succeeded", job.get("error")
+    explore_then_decode_on_server(stack, page, job["id"])
 
 
 def test_names_render_as_text_never_as_markup(stack, page):

@@ -47,7 +47,40 @@ def test_sample_checks_point_width_and_draws_from_the_mixture(model_3d, mnist_di
                    context(model_3d, tmp_path, mnist_dir))
     first = run_sample(SampleSpec.from_dict({"model_job": JOB, "n": 5, "seed": 1}), context(model_3d, tmp_path / "a", mnist_dir))
     run_sample(SampleSpec.from_dict({"model_job": JOB, "n": 5, "seed": 1}), context(model_3d, tmp_path / "b", mnist_dir))
-    assert first.summary == {"count": 5, "source": "gmm"}
+    assert first.summary["count"] == 5 and first.summary["source"] == "gmm"
+    assert "a plain autoencoder has no prior" in first.summary["drawn_from"]
     coords_a, coords_b = np.load(tmp_path / "a" / "coords.npy"), np.load(tmp_path / "b" / "coords.npy")
     assert coords_a.shape == (5, 3) and np.array_equal(coords_a, coords_b)  # same seed, same draws
     assert np.load(tmp_path / "a" / "images.npy").shape == (5, 28, 28)
+
+
+@pytest.mark.parametrize("model, extra", [("vae", {}), ("aae", {"prior": "mixture"})])
+def test_every_kind_on_sprites_samples_its_prior_and_colours_by_a_factor(tmp_path, model, extra):
+    """sprites needs no files: generated in memory when the data folder is not writable (here: missing)."""
+    data_dir = tmp_path / "no-such-folder" / "data"
+    (tmp_path / "no-such-folder").write_text("a file where a folder would be: the cache cannot be written")
+    run_dir = tmp_path / "model"
+    spec = TrainSpec.from_dict({"model": model, "dataset": "sprites", "epochs": 1, "hidden": [32], "device": "cpu", **extra})
+    result = run_training(spec, run_dir, data_dir=data_dir, log=lambda _: None)
+    assert result.history[0].test_loss > 0
+
+    sample_dir = tmp_path / "sample"
+    sample_dir.mkdir()
+    output = run_sample(SampleSpec.from_dict({"model_job": JOB, "n": 6, "seed": 3}), context(run_dir, sample_dir, data_dir))
+    assert output.summary["source"] == "prior" and "prior" in output.summary["drawn_from"]
+    images = np.load(sample_dir / "images.npy")
+    assert images.shape == (6, 28, 28)
+    if model == "vae":  # Bernoulli mean: every pixel in [0, 1]
+        assert 0.0 <= images.min() and images.max() <= 1.0
+    coords = np.load(sample_dir / "coords.npy")
+    if model == "aae":  # the mixture's components sit on a circle of radius 4
+        assert 2.0 < np.linalg.norm(coords, axis=1).mean() < 6.0
+
+    embed_dir = tmp_path / "embed"
+    embed_dir.mkdir()
+    output = run_embed(EmbedSpec.from_dict({"model_job": JOB, "limit": 500, "color_by": "orientation"}),
+                       context(run_dir, embed_dir, data_dir))
+    factors = np.load(embed_dir / "factors.npy")
+    assert factors.shape == (500, 5) and (embed_dir / "figures" / "embedding.png").is_file()
+    with pytest.raises(JobInputError, match=r"color_by: 'colour' is not a factor of sprites \(factors: shape, scale"):
+        run_embed(EmbedSpec.from_dict({"model_job": JOB, "color_by": "colour"}), context(run_dir, tmp_path, data_dir))

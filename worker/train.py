@@ -220,8 +220,8 @@ def train(
 
 def format_progress(metrics: EpochMetrics, total_epochs: int) -> str:
     width = len(str(total_epochs))
-    terms = "".join(f"  {name[6:]} {value:.4g}" for name, value in metrics.extra.items()
-                    if name.startswith("train_") and name != "train_recon")
+    terms = "".join(f"  {name.removeprefix('train_')} {value:.4g}" for name, value in metrics.extra.items()
+                    if not name.startswith("test_") and name != "train_recon")
     return (
         f"epoch {metrics.epoch:>{width}}/{total_epochs}  train {metrics.train_loss:.4f}"
         f"  test {metrics.test_loss:.4f}{terms}  {metrics.seconds:.2f}s"

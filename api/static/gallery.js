@@ -102,3 +102,18 @@ document.addEventListener("DOMContentLoaded", () => {
 });
 
 window.LatentForge = { followPage, updateProgress };
+
+// The train form: only the chosen model's own fields are enabled (disabled fields are not submitted).
+document.addEventListener("DOMContentLoaded", () => {
+  const select = document.querySelector('[data-role="model-kind"]');
+  if (!select) return;
+  const sync = () => {
+    for (const fieldset of select.form.querySelectorAll("fieldset.model-options")) {
+      const on = fieldset.dataset.models.split(" ").includes(select.value);
+      fieldset.disabled = !on;
+      fieldset.hidden = !on;
+    }
+  };
+  select.addEventListener("change", sync);
+  sync();
+});
