@@ -261,7 +261,19 @@ def compare() -> Any:
     curves = [{"id": job["id"], "label": job["name"] or job["id"][:8], "history": job["progress"].get("history", [])}
               for job in jobs]
     return render_template("compare.html", jobs=jobs, spec_keys=spec_keys, differing=differing,
-                           figure_rows=figure_rows, curves_json=json.dumps(curves))
+                           figure_rows=figure_rows, curves_json=json.dumps(curves), metric_keys=final_metrics(jobs))
+
+
+def final_metrics(jobs: list[dict[str, Any]]) -> list[str]:
+    """Every loss or metric any of the runs reports (the kinds differ: kl, elbo, disc_acc, ...), losses first."""
+    keys = ["train_loss", "test_loss"]
+    for job in jobs:
+        keys += [k for k, v in job["progress"].items() if isinstance(v, (int, float)) and k not in keys
+                 and k not in NOT_METRICS]
+    return keys
+
+
+NOT_METRICS = {"epoch", "total", "seconds", "samples_per_s", "count", "latent_dim"}
 
 
 @bp.get("/runs/<job_id>/explore")

@@ -153,8 +153,9 @@ class Stack:
             return False
 
     def start_worker(self, name: str = "worker", queues: str = "gpu,cpu") -> subprocess.Popen:
+        seen = len(self.log(name))  # a restarted worker appends to its log
         proc = self.spawn(name, ["worker", "--queues", queues])
-        self.wait_until(lambda: "ready (queues" in self.log(name) or proc.poll() is not None, 90, f"{name} to start")
+        self.wait_until(lambda: "ready (queues" in self.log(name)[seen:] or proc.poll() is not None, 90, f"{name} to start")
         assert proc.poll() is None, self.log(name)
         return proc
 

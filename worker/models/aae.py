@@ -77,11 +77,15 @@ class AdversarialAutoEncoder(AutoEncoder):
         }
 
     def discriminator_terms(self, prior_draws: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(binary cross-entropy, accuracy) of the discriminator on prior draws (→ 1) and codes (→ 0)."""
-        real, fake = self.discriminator(prior_draws), self.discriminator(codes)
-        loss = 0.5 * (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
-                      + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
-        accuracy = 0.5 * ((real > 0).float().mean() + (fake < 0).float().mean())
+        """(binary cross-entropy, accuracy) of the discriminator on prior draws (→ 1) and codes (→ 0).
+
+        Both halves go through the discriminator as one batch (the mean over it
+        is the mean of the two halves' means when they are the same size).
+        """
+        logits = self.discriminator(torch.cat([prior_draws, codes]))
+        targets = torch.cat([logits.new_ones(len(prior_draws), 1), logits.new_zeros(len(codes), 1)])
+        loss = F.binary_cross_entropy_with_logits(logits, targets)
+        accuracy = ((logits > 0) == targets.bool()).float().mean()
         return loss, accuracy.detach()
 
     def train_step(self, x, optimizers, progress):
@@ -94,13 +98,14 @@ class AdversarialAutoEncoder(AutoEncoder):
 
         fooled = self.discriminator(codes)
         gen = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
-        step(optimizers["gen"], gen)
+        # Only the encoder's gradients: the discriminator's weight gradients are never computed.
+        step(optimizers["gen"], gen, inputs=list(self.encoder.parameters()))
         return {**parts, "disc": disc.detach(), "gen": gen.detach(), "disc_acc": accuracy}
 
 
-def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    optimizer.zero_grad(set_to_none=False)
-    loss.backward()
+def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, inputs: list[torch.Tensor] | None = None) -> None:
+    optimizer.zero_grad(set_to_none=False)  # in place: the gradients are views of one buffer
+    loss.backward(inputs=inputs)
     optimizer.step()
 
 

@@ -141,6 +141,10 @@ class LatentModel(nn.Module):
         """Per-sample terms on held-out data: "loss" (as trained) and the kind's own terms."""
         raise NotImplementedError
 
+    def derived_metrics(self, terms: dict[str, float]) -> dict[str, float]:
+        """Terms computed from an epoch's mean terms (the VAE's ELBO), not accumulated batch by batch."""
+        return {}
+
     def epoch_metrics(self, progress: float) -> dict[str, float]:
         """Numbers to report after an epoch beside the losses (e.g. a schedule's value)."""
         return {}
