@@ -14,7 +14,7 @@ import uuid
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StringConstraints, TypeAdapter,
-                      ValidationError, field_validator, model_validator)
+                      ValidationError, field_validator)
 
 from shared.errors import SpecError
 

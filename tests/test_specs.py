@@ -92,3 +92,18 @@ def test_embed_and_sample_specs():
     with pytest.raises(SpecError) as err:
         SampleSpec.from_dict({"model_job": job, "latent_coords": [[0, float("nan")]]})
     assert err.value.errors[0][0] == "latent_coords.0.1"
+
+
+@pytest.mark.parametrize("data", [
+    {},
+    {"model": "vae", "likelihood": "gaussian", "gaussian_std": 0.2, "beta": 0.5},
+    {"model": "beta_vae", "capacity_max": 25.0, "capacity_epochs": 10, "gamma": 500.0},
+    {"model": "aae", "prior": "mixture", "disc_hidden": [64, 32], "disc_lr": 2e-4},
+    {"preset": "seed", "model": "vae", "dataset": "sprites"},
+])
+def test_every_model_kind_survives_its_round_trip(data):
+    """The API stores spec.to_dict() and the worker parses it again: the same spec must come back."""
+    spec = TrainSpec.from_dict(data)
+    assert type(spec).__name__.startswith(("AE", "VAE", "BetaVAE", "AAE")) and spec.model == data.get("model", "ae")
+    assert TrainSpec.from_dict(spec.to_dict()) == spec
+    assert set(spec.to_dict()) <= set(TrainSpec.field_names())

@@ -40,7 +40,7 @@ from worker.checkpoint import (
 )
 from worker.data import ImageSplit, load_split
 from worker.files import write_jsonl
-from worker.models import VAE, LatentModel, ModelConfig, decode_points, encode_all
+from worker.models import LatentModel, ModelConfig, decode_points, encode_all
 from worker.models.priors import StandardNormal
 from worker.train import (
     EpochMetrics,
@@ -118,7 +118,7 @@ def draw_train_figures(
     coords = seed_coordinates(latent_dim)
     out.append(figures.decoded_grid(decode_points(model, coords, device), coords.tolist(), shape, figs / "generated.png"))
 
-    out.append(figures.loss_curve(history, figs / "loss_curve.png", ylabel=loss_label(model)))
+    out.append(figures.loss_curve(history, figs / "loss_curve.png", ylabel=model.loss_unit))
     out.append(prior_samples_figure(model, folder / PRIOR_SAMPLES_FIGURE, shape))
 
     if latent_dim == 2:
@@ -147,10 +147,6 @@ def label_options(split: ImageSplit) -> dict:
     if split.factor_names:
         return {"label_title": split.factor_names[0]}
     return {"label_title": "Digit" if split.dataset == "mnist" else "Class"}
-
-
-def loss_label(model: LatentModel) -> str:
-    return "loss (nats per image)" if isinstance(model, VAE) else "MSE loss"
 
 
 def prior_samples_figure(model: LatentModel, path: Path, shape: tuple[int, int],

@@ -44,6 +44,7 @@ from worker.files import sha256_of
 log = logging.getLogger("latentforge.worker")
 
 SWEEP_LEASE = "broker-sweep"
+DRAIN_LOG_SECONDS = 0.5  # how soon the monitor thread logs a shutdown that a signal began
 RESUME_DIR = "resume"
 ABSOLUTE_PATH = re.compile(r"(?<![\w.~<>-])/(?:[^\s/'\"]+/)+([^\s/'\":,;()]+)")
 T = TypeVar("T")
@@ -246,7 +247,7 @@ class JobWorker:
             for older in resume_root.iterdir():  # the pointer has moved on: older states are not needed
                 if older.name != f"epoch-{state.epoch:06d}":
                     shutil.rmtree(older, ignore_errors=True)
-            if self.monitor.draining.is_set() and state.epoch < total:
+            if self.monitor.draining and state.epoch < total:
                 raise HandBack(f"its worker shut down; handed back after epoch {state.epoch}")
 
         parent = None
@@ -280,7 +281,7 @@ class JobWorker:
         database stays away, in a running row with a stale heartbeat that the reaper requeues)."""
         from worker.train import TrainingCancelled
 
-        if self.monitor.draining.is_set():
+        if self.monitor.draining:
             raise Reject("the worker is shutting down", requeue=True)
         try:
             claim = self.store.claim(job_id, self.name)
@@ -314,7 +315,7 @@ class JobWorker:
             outcome = "succeeded"
         except (AttemptLost, TrainingCancelled, HandBack) as stop:
             outcome = ("lost" if monitor.lost.is_set() else "cancelled" if monitor.cancel.is_set()
-                       else "handback" if monitor.draining.is_set() else "lost")
+                       else "handback" if monitor.draining else "lost")
             if isinstance(stop, HandBack):
                 hand_back_reason = str(stop)
         except SQLAlchemyError as exc:
@@ -406,8 +407,8 @@ class Monitor:
         self.claim: Claim | None = None
         self.cancel = threading.Event()
         self.lost = threading.Event()
-        self.draining = threading.Event()
-        self.drain_deadline = float("inf")
+        self.drain_deadline = float("inf")  # set once, on shutdown
+        self._drain_logged = False
         self.sweeper = LostMessageSweeper(worker)
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -427,15 +428,27 @@ class Monitor:
         except SQLAlchemyError:
             log.warning("could not remove this worker's row; it expires on its own")
 
+    @property
+    def draining(self) -> bool:
+        return self.drain_deadline != float("inf")
+
     def drain(self) -> None:
-        """Warm shutdown: take no new job; the running one stops at its epoch's end or after the grace."""
-        if self.draining.is_set():  # a second signal does not extend the grace
-            return
-        grace = self.worker.settings.shutdown_grace_seconds
-        self.drain_deadline = time.monotonic() + grace
-        self.draining.set()
-        log.info("worker %s: shutting down; the running job (if any) is checkpointed and handed back within %g s",
-                 self.worker.name, grace)
+        """Warm shutdown: take no new job; the running one stops at its epoch's end or after the grace.
+
+        Celery calls this from its signal handler, on the main thread, in the middle of
+        whatever that thread was doing: so one attribute write and nothing else, no lock
+        and no log line (a log call there can wait forever on a lock the interrupted
+        code holds; seen once in CI as a worker that ignored SIGTERM). The monitor
+        thread logs it.
+        """
+        if not self.draining:  # a second signal does not extend the grace
+            self.drain_deadline = time.monotonic() + self.worker.settings.shutdown_grace_seconds
+
+    def _log_drain(self) -> None:
+        if self.draining and not self._drain_logged:
+            self._drain_logged = True
+            log.info("worker %s: shutting down; the running job (if any) is checkpointed and handed back within %g s",
+                     self.worker.name, self.worker.settings.shutdown_grace_seconds)
 
     def begin(self, claim: Claim) -> None:
         with self._lock:
@@ -459,7 +472,7 @@ class Monitor:
         with self._lock:
             claim = self.claim
             store.worker_seen(self.worker.name, ",".join(self.worker.queues), claim.job_id if claim else None,
-                              self.draining.is_set())
+                              self.draining)
             if claim is not None:
                 owned, cancel = store.heartbeat(claim)
                 if not owned:
@@ -482,14 +495,20 @@ class Monitor:
     def _loop(self) -> None:
         settings = self.worker.settings
         next_reap = 0.0
+        next_beat = time.monotonic() + settings.heartbeat_seconds  # start() has just beaten
         next_sweep = time.monotonic() + settings.broker_check_seconds
-        while not self._stop.wait(settings.heartbeat_seconds):
+        while not self._stop.wait(min(settings.heartbeat_seconds, DRAIN_LOG_SECONDS)):
+            self._log_drain()
+            now = time.monotonic()
+            if now < next_beat:
+                continue
+            next_beat = now + settings.heartbeat_seconds
             self._chore("heartbeat", self.beat)
             now = time.monotonic()
             if now >= next_reap:
                 self._chore("reaper", self._reap)
                 next_reap = now + settings.heartbeat_seconds * 2
-            if now >= next_sweep and not self.draining.is_set():
+            if now >= next_sweep and not self.draining:
                 self._chore("lost-message sweep", self.sweeper.sweep)
                 next_sweep = now + settings.broker_check_seconds
 

@@ -98,6 +98,7 @@ class LatentModel(nn.Module):
     """
 
     output: ClassVar[str] = "identity"  # the decoder output's map to the likelihood's mean
+    loss_unit: ClassVar[str] = "MSE loss"  # what the loss curve's axis says
     prior: Prior | None = None  # the distribution the kind trains its codes towards; None for a plain AE
     config: ModelConfig
     decoder: nn.Sequential

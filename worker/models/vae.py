@@ -97,6 +97,7 @@ def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 class VAE(LatentModel):
+    loss_unit = "loss (nats per image)"
     def __init__(self, config: VAEConfig | None = None):
         super().__init__()
         self.config = config = config or VAEConfig()
