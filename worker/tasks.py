@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -112,6 +113,7 @@ class JobWorker:
 
     def _on_ready(self, **_: Any) -> None:
         check_schema(self.engine)
+        self._run_celery_shutdown_once()
         if self.settings.worker_nice and hasattr(os, "nice"):
             os.nice(self.settings.worker_nice)  # below the API and other services on this host
         self.monitor.start()
@@ -119,6 +121,29 @@ class JobWorker:
 
         log.info("worker %s warmed up in %.1f s", self.name, warm_up())
         log.info("worker %s ready (queues %s)", self.name, ",".join(self.queues))
+
+    def _run_celery_shutdown_once(self) -> None:
+        """Let Celery's shutdown signal handler run once; later SIGTERMs and SIGINTs only drain.
+
+        Why: that handler is not re-entrant. Two SIGTERMs come together whenever the group
+        is signalled (the supervisor forwards its own copy), and when the second landed
+        inside the first's dispatch of ``worker_shutting_down`` it waited forever on the
+        dispatcher's (non-reentrant) lock, held by the very frame it interrupted: the
+        worker ignored the shutdown until the supervisor killed it (seen in CI).
+        """
+        celery_handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+        handled = False
+
+        def on_signal(signum: int, frame: Any) -> None:
+            nonlocal handled
+            self.monitor.drain()  # one attribute write: safe at any point
+            if not handled:
+                handled = True  # before the call: a signal landing inside it stops above
+                celery_handlers[signum](signum, frame)
+
+        for signum, celery_handler in celery_handlers.items():
+            if callable(celery_handler):
+                signal.signal(signum, on_signal)
 
     def _on_shutting_down(self, **_: Any) -> None:
         self.monitor.drain()
