@@ -72,16 +72,14 @@ class ModelConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"{unknown[0]}: not a field of a {kind} model")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return config_cls(**values)
+        return config_cls(**data)  # __post_init__ turns JSON lists back into tuples
 
     @classmethod
     def from_spec(cls, spec: Any, input_shape: tuple[int, int]) -> "ModelConfig":
         """The config a train spec asks for: every config field the spec has, by name."""
-        config_cls = MODELS[spec.model].config if spec.model in MODELS else cls
+        config_cls = MODELS[spec.model].config
         values = {f.name: getattr(spec, f.name) for f in dataclasses.fields(config_cls)
                   if f.name not in ("kind", "input_shape") and getattr(spec, f.name, None) is not None}
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         return config_cls(kind=spec.model, input_shape=tuple(input_shape), **values)
 
 
@@ -113,7 +111,10 @@ class LatentModel(nn.Module):
 
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
         """The likelihood's mean at ``z``: what figures, samples and the explorer show."""
-        raw = self.decode(z)
+        return self.likelihood_mean(self.decode(z))
+
+    def likelihood_mean(self, raw: torch.Tensor) -> torch.Tensor:
+        """The decoder's raw output mapped to the likelihood's mean (the sigmoid of Bernoulli logits)."""
         return torch.sigmoid(raw) if self.output == "sigmoid" else raw
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

@@ -79,9 +79,9 @@ class VAEConfig(ModelConfig):
 
     def objective(self) -> str:
         if self.uses_capacity:
-            return (f"recon + {self.gamma:g}·|KL − C(t)|, C rising to {self.capacity_max:g} nats"
+            return (f"{self.likelihood} recon + {self.gamma:g}·|KL − C(t)|, C rising to {self.capacity_max:g} nats"
                     f" over {self.capacity_epochs} epochs")
-        return f"recon + {self.beta:g}·KL"
+        return f"{self.likelihood} recon + {self.beta:g}·KL"
 
 
 class VAEOutput(NamedTuple):
@@ -162,17 +162,16 @@ class VAE(LatentModel):
         generator = torch.Generator(device=x.device).manual_seed(ELBO_SEED)
         sampled = self.recon_nll(self(x, generator=generator).reconstruction, x)
         at_mean = self.decoder(mean)
-        mean_image = torch.sigmoid(at_mean) if self.output == "sigmoid" else at_mean
         return {
             "loss": sampled + self.penalty(kl, progress),  # the training objective, per image
             "recon": self.recon_nll(at_mean, x),  # at the posterior mean
             "kl": kl,
             "elbo": -(sampled + kl),  # one-sample estimate of the evidence lower bound
-            "mse": (mean_image - x.flatten(1)).pow(2).mean(dim=1),
+            "mse": (self.likelihood_mean(at_mean) - x.flatten(1)).pow(2).mean(dim=1),
         }
 
     def objective(self) -> str:
-        return f"{self.config.likelihood} recon + " + self.config.objective().split(" + ", 1)[1]
+        return self.config.objective()
 
     def epoch_metrics(self, progress: float) -> dict[str, float]:
         return {"capacity": self.config.capacity(progress)} if self.config.uses_capacity else {}
