@@ -22,6 +22,7 @@ from api.context import API_PREFIX, services
 from api.errors import Problem
 from api.jobs import page_arguments
 from api.schemas import job_out
+from api.scorecards import compare_rows, latest_evaluation, scorecard_view, sort_choices
 from shared.artifacts import HEADLINE_FIGURES, ArtifactKind, thumbnail_name
 from shared.db import JobState
 from shared.errors import JobConflict, LatentForgeError, SpecError
@@ -160,7 +161,8 @@ def problems_of(exc: LatentForgeError) -> list[dict[str, str]]:
 def render_runs(errors: list[dict[str, str]] | None = None, form: dict[str, Any] | None = None, status: int = 200):
     jobs = services().jobs
     page = jobs.page(**page_arguments())
-    kind, state, parent = (request.args.get(name) or None for name in ("kind", "state", "parent"))
+    kind, state, parent, sort = (request.args.get(name) or None for name in ("kind", "state", "parent", "sort"))
+    ranked_by = sort.split("metrics.", 1)[1] if sort and "metrics." in sort else None
     rows = [job_out(j, API_PREFIX, history=False) for j in page.items]
     counts = jobs.state_counts()
     parents = {k.name: jobs.succeeded(k.parent.kinds) for k in KINDS.values() if k.parent}
@@ -170,7 +172,7 @@ def render_runs(errors: list[dict[str, str]] | None = None, form: dict[str, Any]
         total=sum(counts.values()), kinds=list(KINDS.values()), states=[s.value for s in JobState],
         defaults={**SEED_PRESET, "device": "auto", "preset": "seed", "hidden": "128,64"}, form=form or {},
         errors=errors or [], parents=parents, generic_fields=generic_fields, thumb_names=json.dumps(THUMB_PREFERENCE),
-        model_kinds=MODEL_CHOICES,
+        model_kinds=MODEL_CHOICES, sort=sort, ranked_by=ranked_by, sort_choices=sort_choices(jobs.metric_names()),
     )
     return html, status
 
@@ -209,9 +211,11 @@ def render_run(job_id: str, errors: list[dict[str, str]] | None = None, status: 
     parent = job_out(jobs.get(job["parent"]), API_PREFIX) if job["parent"] else None
     shown = (ArtifactKind.FIGURE.value, ArtifactKind.THUMBNAIL.value)
     downloads = [a for a in job["artifacts"] if a["kind"] not in shown]
+    model_spec = parent["spec"] if job["kind"] == "evaluate" and parent else job["spec"]
+    scorecard = scorecard_view(job, latest_evaluation(children) if job["kind"] == "train" else None, model_spec)
     return render_template(
         "run.html", job=job, figures=figures_of(job), downloads=downloads, children=children, parent=parent,
-        thumbnail=thumbnail, explorable=is_2d_model(job), errors=errors or [],
+        thumbnail=thumbnail, explorable=is_2d_model(job), errors=errors or [], scorecard=scorecard,
         history_json=json.dumps(job["progress"].get("history", [])),
     ), status
 
@@ -261,7 +265,8 @@ def compare() -> Any:
     curves = [{"id": job["id"], "label": job["name"] or job["id"][:8], "history": job["progress"].get("history", [])}
               for job in jobs]
     return render_template("compare.html", jobs=jobs, spec_keys=spec_keys, differing=differing,
-                           figure_rows=figure_rows, curves_json=json.dumps(curves), metric_keys=final_metrics(jobs))
+                           figure_rows=figure_rows, curves_json=json.dumps(curves), metric_keys=final_metrics(jobs),
+                           scorecard_rows=compare_rows(jobs))
 
 
 def final_metrics(jobs: list[dict[str, Any]]) -> list[str]:

@@ -30,7 +30,7 @@ bp = Blueprint("jobs", __name__)
 log = logging.getLogger("latentforge.api")
 
 IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,200}")
-PAGE_PARAMETERS = ("kind", "state", "parent", "limit", "cursor")
+PAGE_PARAMETERS = ("kind", "state", "parent", "limit", "cursor", "sort")
 
 
 def read_json_body() -> Any:

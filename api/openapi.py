@@ -110,7 +110,7 @@ def build_document() -> dict[str, Any]:
                            "413": "body over 1 MiB", "415": "body is not JSON", "422": "invalid fields (listed)"}),
                 },
                 "get": {
-                    "summary": "List jobs, newest first", "operationId": "listJobs",
+                    "summary": "List jobs, newest first or ranked by a metric", "operationId": "listJobs",
                     "parameters": [
                         _filter("kind", {"type": "string", "enum": [*kinds, ""]}, "only jobs of this kind"),
                         _filter("state", {"type": "string", "enum": [*states, ""]}, "only jobs in this state"),
@@ -119,6 +119,12 @@ def build_document() -> dict[str, Any]:
                          "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
                         {"name": "cursor", "in": "query", "schema": {"type": "string"},
                          "description": "next_cursor of the previous page"},
+                        {"name": "sort", "in": "query", "schema": {"type": "string", "default": "-created",
+                                                                   "pattern": r"^(-?created|-?metrics\.[a-z][a-z0-9_]*)$"},
+                         "description": "-created (newest first), created, or metrics.<name> / -metrics.<name>"
+                                        " (ascending / descending) for any metric a run records: final losses"
+                                        " (test_loss, ...) and scorecard metrics (knn_accuracy, ...); runs without"
+                                        " it come last. An unknown key is a 400 naming it."},
                     ],
                     "responses": _responses({"200": _json("JobList", "a page of jobs")}, **{"400": "bad query parameter"}),
                 },

@@ -45,6 +45,7 @@ class JobOut(BaseModel):
     error: JobError | None
     parent: str | None
     artifacts: list[ArtifactOut]
+    metrics: dict[str, float]  # final losses of a train job and its latest scorecard; an evaluation's scorecard
     links: dict[str, str]
 
 
@@ -90,6 +91,7 @@ def job_out(job: Job, prefix: str, *, history: bool = True) -> dict[str, Any]:
         "error": {"type": job.error_type, "message": job.error_message or ""} if job.error_type else None,
         "parent": job.parent_id,
         "artifacts": [artifact_out(a, prefix) for a in job.artifacts],
+        "metrics": {m.name: m.value for m in job.metrics},
         "links": {
             "self": f"{prefix}/jobs/{job.id}", "events": f"{prefix}/jobs/{job.id}/events",
             "cancel": f"{prefix}/jobs/{job.id}/cancel",

@@ -36,7 +36,7 @@ from worker.data import load_split  # noqa: E402
 from worker.models import decode_points, encode_all  # noqa: E402
 from worker.models.priors import StandardNormal  # noqa: E402
 from worker.pipeline import run_training  # noqa: E402
-from worker.runners import fit_code_mixture  # noqa: E402
+from worker.samplers import fit_code_mixture  # noqa: E402
 from worker.train import images_to_tensor  # noqa: E402
 
 KINDS = ("ae", "vae", "beta_vae", "aae")

@@ -238,6 +238,10 @@ def _client(args: argparse.Namespace):
 
 
 def _bar(progress: dict[str, Any], width: int = 30) -> str:
+    if progress.get("steps"):  # a job measured in named steps (an evaluation's properties)
+        step, steps = progress.get("step", 0), progress["steps"]
+        filled = int(width * step / steps)
+        return f"[{'#' * filled}{'.' * (width - filled)}] {step}/{steps} {progress.get('doing', '')}".rstrip()
     total, epoch = progress.get("total"), progress.get("epoch")
     if not total or epoch is None:
         return ""
@@ -270,7 +274,15 @@ def follow(client: Any, job_id: str, out=sys.stdout, poll_s: float = 0.5) -> dic
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"kind": args.kind, "spec": parse_assignments(args.set), "tags": args.tag}
+    return submit_and_follow(args, args.kind, parse_assignments(args.set))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    return submit_and_follow(args, "evaluate", {**parse_assignments(args.set), "model_job": args.model_job})
+
+
+def submit_and_follow(args: argparse.Namespace, kind: str, spec: dict[str, Any]) -> int:
+    body: dict[str, Any] = {"kind": kind, "spec": spec, "tags": args.tag}
     if args.name:
         body["name"] = args.name
     client = _client(args)
@@ -285,20 +297,40 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"job {final['id']} {final['state']}" + (f": {error.get('type')}: {error.get('message')}" if error else ""),
               file=sys.stderr)
         return 1
+    if final["kind"] == "evaluate":
+        print_scorecard(final)
     for artifact in final["artifacts"]:
         print(f"  {artifact['name']:<34} {artifact['size']:>10,} B  {artifact['url']}")
     return 0
 
 
+def print_scorecard(job: dict[str, Any]) -> None:
+    """The eight properties: the normalised score and the headline metric it comes from."""
+    from shared.scorecard import PROPERTIES
+
+    metrics = job.get("metrics") or {}
+    for prop in PROPERTIES:
+        score = metrics.get(prop.score_name)
+        headline = metrics.get(prop.headline)
+        shown = "n/a" if score is None else f"{score:.3f}"
+        detail = "" if headline is None else f"  {prop.headline} = {headline:.4g}"
+        print(f"  {prop.label:<24} {shown:>6}{detail}")
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.action == "list":
-        query = "&".join(f"{k}={v}" for k, v in (("kind", args.kind), ("state", args.state), ("limit", args.limit)) if v)
+        query = "&".join(f"{k}={v}" for k, v in (("kind", args.kind), ("state", args.state), ("limit", args.limit),
+                                                   ("sort", args.sort)) if v)
         page = client.get(f"/jobs?{query}")
         for job in page["items"]:
             progress = job.get("progress") or {}
             where = f"{progress.get('epoch')}/{progress.get('total')}" if progress.get("total") else ""
-            print(f"{job['id']}  {job['kind']:<6} {job['state']:<9} {where:>7}  {job.get('name') or ''}")
+            ranked = ""
+            if args.sort and "metrics." in args.sort:
+                value = (job.get("metrics") or {}).get(args.sort.split("metrics.", 1)[1])
+                ranked = f"{'-' if value is None else f'{value:.4g}':>10}  "
+            print(f"{job['id']}  {job['kind']:<8} {job['state']:<9} {where:>7}  {ranked}{job.get('name') or ''}")
         return 0
     if not args.job_id:
         raise UsageError(f"jobs {args.action} needs a job id")
@@ -368,6 +400,17 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--url", help="API address (default LATENTFORGE_API_URL or http://127.0.0.1:8000)")
     submit.set_defaults(handler=cmd_submit)
 
+    evaluate = sub.add_parser("evaluate", help="queue the latent-space scorecard of a trained model")
+    evaluate.add_argument("model_job", help="id of a succeeded train job")
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="a spec field: split, limit, properties, seed (e.g. --set properties=[\"separation\"])")
+    evaluate.add_argument("--name")
+    evaluate.add_argument("--tag", action="append", default=[])
+    evaluate.add_argument("--idempotency-key")
+    evaluate.add_argument("--wait", action="store_true", help="follow progress, then print the scorecard")
+    evaluate.add_argument("--url", help="API address (default LATENTFORGE_API_URL or http://127.0.0.1:8000)")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
     health = sub.add_parser("health", help="exit 0 when the API (or, with --worker, this host's worker) is healthy")
     health.add_argument("--worker", action="store_true", help="check this host's worker heartbeat in the database")
     health.add_argument("--url")
@@ -379,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--kind", choices=list(KINDS))
     jobs.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
     jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--sort", help="-created (default), created, or [-]metrics.<name>, e.g. -metrics.knn_accuracy")
     jobs.add_argument("--url")
     jobs.set_defaults(handler=cmd_jobs)
     return parser

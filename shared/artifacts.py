@@ -33,13 +33,17 @@ DECODER_FILE = "decoder.safetensors"
 CODES_FILE = "latent_codes.safetensors"
 FIGURES_DIR = "figures"
 
-# Figures that stand for a run in lists (the first a run has), written by the train, embed and sample runners.
+# Figures that stand for a run in lists (the first a run has), written by the train, embed, sample and
+# evaluate runners.
 SCATTER_FIGURE = "figures/latent_scatter.png"
 EMBEDDING_FIGURE = "figures/embedding.png"
 EMBEDDING_PCA_FIGURE = "figures/embedding_pca.png"
 SAMPLES_FIGURE = "figures/samples.png"
 PRIOR_SAMPLES_FIGURE = "figures/prior_samples.png"
-HEADLINE_FIGURES = (SCATTER_FIGURE, EMBEDDING_FIGURE, EMBEDDING_PCA_FIGURE, SAMPLES_FIGURE)
+# An evaluate job's scorecard and its radar of the eight scores (worker/scorecard/evaluate.py).
+SCORECARD_FILE = "scorecard.json"
+SCORECARD_FIGURE = "figures/scorecard.png"
+HEADLINE_FIGURES = (SCATTER_FIGURE, EMBEDDING_FIGURE, EMBEDDING_PCA_FIGURE, SAMPLES_FIGURE, SCORECARD_FIGURE)
 
 CONTENT_TYPES = {
     ".png": "image/png",

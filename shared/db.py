@@ -17,6 +17,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -116,6 +117,9 @@ class Job(Base):
     artifacts: Mapped[list["Artifact"]] = relationship(
         back_populates="job", order_by="Artifact.name", cascade="all, delete-orphan"
     )
+    metrics: Mapped[list["JobMetric"]] = relationship(
+        foreign_keys="JobMetric.job_id", order_by="JobMetric.name", cascade="all, delete-orphan"
+    )
 
     __table_args__ = (
         Index("ix_jobs_created", "created_at", "id"),
@@ -140,6 +144,24 @@ class Artifact(Base):
     job: Mapped[Job] = relationship(back_populates="artifacts")
 
     __table_args__ = (UniqueConstraint("job_id", "name", name="uq_artifact_job_name"),)
+
+
+class JobMetric(Base):
+    """One number a run is ranked by: a train job's final losses, and its latest scorecard's metrics.
+
+    Rows, not a JSON column, so that sorting hundreds of runs by any metric
+    is one indexed join on both SQLite and PostgreSQL.
+    """
+
+    __tablename__ = "job_metrics"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)  # shared/scorecard.py, or a loss's name
+    value: Mapped[float] = mapped_column(Float)
+    # The job that measured it: the job itself, or the evaluate job whose scorecard this is.
+    source_id: Mapped[str] = mapped_column(String(36))
+
+    __table_args__ = (Index("ix_job_metrics_name_value", "name", "value"),)
 
 
 class Worker(Base):

@@ -29,7 +29,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import Artifact, Job, JobState, Lease, Worker, utcnow
+from shared.db import Artifact, Job, JobMetric, JobState, Lease, Worker, utcnow
 from shared.errors import JobConflict, JobNotFound
 
 log = logging.getLogger(__name__)
@@ -157,8 +157,15 @@ class JobStore:
         *,
         error: tuple[str, str] | None = None,
         artifacts: Iterable[ArtifactRecord] = (),
+        metrics: dict[str, float] | None = None,
+        parent_metrics: bool = False,
     ) -> bool:
-        """End the attempt and publish its artifacts in one transaction; False if it lost the job."""
+        """End the attempt and publish its artifacts and metrics in one transaction; False if it lost the job.
+
+        ``metrics`` are recorded on the job, and with ``parent_metrics`` also on
+        its parent, replacing what an earlier evaluation recorded there (the
+        parent's own numbers, its final losses, stay).
+        """
         with self.sessions.begin() as s:
             values: dict[str, Any] = _changed(state=state.value, finished_at=utcnow(), checkpoint=None)
             if error is not None:
@@ -167,7 +174,19 @@ class JobStore:
                 return False
             for record in artifacts:
                 s.add(Artifact(job_id=claim.job_id, **record.__dict__))
+            if metrics:
+                self._record_metrics(s, claim.job_id, claim.job_id, metrics)
+                if parent_metrics and claim.parent_id:
+                    self._record_metrics(s, claim.parent_id, claim.job_id, metrics)
         return True
+
+    @staticmethod
+    def _record_metrics(s: Session, job_id: str, source_id: str, metrics: dict[str, float]) -> None:
+        if job_id != source_id:  # the parent's previous scorecard goes; its own numbers stay
+            s.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.source_id != job_id))
+        s.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.name.in_(list(metrics))))
+        s.add_all(JobMetric(job_id=job_id, name=name, value=float(value), source_id=source_id)
+                  for name, value in metrics.items())
 
     def hand_back(self, claim: Claim, reason: str) -> bool:
         """Return a running job to the queue at once, without spending an attempt (warm shutdown)."""

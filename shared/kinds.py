@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from shared.artifacts import ArtifactFile
 from shared.errors import SpecError
-from shared.specs import EmbedSpec, SampleSpec, Spec, TrainSpec, latent_width_problem
+from shared.specs import EmbedSpec, EvaluateSpec, SampleSpec, Spec, TrainSpec, latent_width_problem
 
 
 @dataclass
@@ -34,10 +34,12 @@ class RunContext:
     folder: Path  # this attempt's folder (it exists): the runner writes here and nowhere else
     data_dir: Path | None = None
     allow_download: bool = False
+    cache_dir: Path | None = None  # reusable results (the scorecard's judges); None: nothing is cached
     parent_folder: Path | None = None  # the published files of the job this one works on
     log: Callable[[str], None] = print
     should_stop: Callable[[], bool] | None = None  # polled between batches (cancel, lost job, shutdown)
     on_epoch: Callable[[Any, Any], None] | None = None  # (train state, metrics) after each epoch: resume points
+    report: Callable[[dict], None] | None = None  # progress of work that is not epochs ({"step", "steps", "doing"})
     resume_from: Path | None = None  # a verified resume state to continue from
 
 
@@ -47,6 +49,10 @@ class RunOutput:
 
     artifacts: list[ArtifactFile]
     summary: dict | None  # None: the runner recorded its progress as it went
+    # Numbers to rank runs by (shared/scorecard.py names them), recorded with the job's success: on this job,
+    # and on its parent where ``metrics_for_parent`` (an evaluation is the latest scorecard of its model).
+    metrics: dict[str, float] = field(default_factory=dict)
+    metrics_for_parent: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,4 +159,9 @@ register(JobKind(
     name="sample", spec=SampleSpec, runner="worker.runners:run_sample",
     help="decode given latent points, or draws from the model's prior",
     parent=ParentRule(check=_points_fit_the_model),
+))
+register(JobKind(
+    name="evaluate", spec=EvaluateSpec, runner="worker.runners:run_evaluate",
+    help="the latent-space scorecard: one number per ideal property, with the figures that explain them",
+    parent=ParentRule(),
 ))

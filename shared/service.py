@@ -21,16 +21,19 @@ from typing import Any
 
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
 
-from shared.db import Artifact, Job, JobState
+from shared.db import Artifact, Job, JobMetric, JobState
 from shared.errors import IdempotencyKeyReused, JobNotFound, ParentNotReady, QueryError, SpecError
 from shared.jobstore import JobStore
 from shared.kinds import JobKind, get_kind, names
+from shared.scorecard import METRICS
 from shared.specs import JobCreate, Spec
 
 PAGE_DEFAULT, PAGE_MAX = 50, 200
-ASCII_NUMBER = re.compile(r"[0-9]{1,9}")  # str.isdigit() also takes '²' and other digits int() refuses
+LOADED = (selectinload(Job.artifacts), selectinload(Job.metrics))  # what job_out reads after the session closes
+ASCII_NUMBER = re.compile(r"[0-9]{1,9}")
+METRIC_SORT = re.compile(r"(-?)metrics\.([a-z][a-z0-9_]{0,63})")  # str.isdigit() also takes '²' and other digits int() refuses
 
 
 def parse_id(value: Any, what: str = "job") -> str:
@@ -57,6 +60,21 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         return datetime.fromisoformat(created), str(uuid.UUID(job_id))
     except (binascii.Error, ValueError, UnicodeDecodeError):
         raise QueryError([("cursor", "is not a cursor this API returned")]) from None
+
+
+def encode_offset_cursor(sort: str, offset: int) -> str:
+    return base64.urlsafe_b64encode(f"{sort}|{offset}".encode()).decode().rstrip("=")
+
+
+def decode_offset_cursor(cursor: str, sort: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        cursor_sort, offset = raw.rsplit("|", 1)
+        if cursor_sort == sort and ASCII_NUMBER.fullmatch(offset):
+            return int(offset)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        pass
+    raise QueryError([("cursor", f"is not a cursor this API returned for sort={sort}")])
 
 
 @dataclass(frozen=True)
@@ -97,13 +115,13 @@ class JobService:
                 if idempotency_key and (existing := self._replay(idempotency_key, fingerprint)) is not None:
                     return existing, True
                 raise
-            job.artifacts  # loaded now (none yet): the job is answered as committed, not as a worker changed it since
+            job.artifacts, job.metrics  # loaded now (none yet): answered as committed, not as a worker changed it since
             return job, False
 
     def _replay(self, key: str, fingerprint: str) -> Job | None:
         with self.sessions() as session:
             existing = session.scalars(
-                select(Job).where(Job.idempotency_key == key).options(selectinload(Job.artifacts))
+                select(Job).where(Job.idempotency_key == key).options(*LOADED)
             ).one_or_none()
         if existing is not None and existing.request_hash != fingerprint:
             raise IdempotencyKeyReused(f"Idempotency-Key {key!r} was already used with a different request")
@@ -133,7 +151,7 @@ class JobService:
 
     @staticmethod
     def _loaded(session: Session, job_id: str) -> Job | None:
-        return session.get(Job, job_id, options=[selectinload(Job.artifacts)], populate_existing=True)
+        return session.get(Job, job_id, options=list(LOADED), populate_existing=True)
 
     def get(self, job_id: Any) -> Job:
         job_id = parse_id(job_id)
@@ -152,9 +170,15 @@ class JobService:
         return artifact
 
     def page(self, *, kind: str | None = None, state: str | None = None, parent: str | None = None,
-             limit: str | int | None = None, cursor: str | None = None) -> Page:
-        """Newest-first jobs with these filters; an empty filter means none. Bad values: QueryError naming them."""
-        query = select(Job).options(selectinload(Job.artifacts))
+             limit: str | int | None = None, cursor: str | None = None, sort: str | None = None) -> Page:
+        """Jobs with these filters, newest first or by ``sort``; an empty filter means none.
+
+        ``sort`` is ``-created`` (the default), ``created``, or ``metrics.<name>``
+        / ``-metrics.<name>`` for any metric a run records (shared/scorecard.py,
+        final losses): runs without it come last, ties newest first. Bad values:
+        QueryError naming them.
+        """
+        query = select(Job).options(*LOADED)
         if kind := _choice("kind", kind, names()):
             query = query.where(Job.kind == kind)
         if state := _choice("state", state, [s.value for s in JobState]):
@@ -165,18 +189,49 @@ class JobService:
             except ValueError:
                 raise QueryError([("parent", f"{parent!r} is not a job id (a UUID)")]) from None
         limit = _limit(limit)
-        if cursor:
-            created, job_id = decode_cursor(cursor)
-            # Rows after the cursor in (created_at, id) descending order, as one index bound.
-            query = query.where(tuple_(Job.created_at, Job.id) < tuple_(created, job_id))
+        sort = sort or "-created"
+        if sort in ("-created", "created"):
+            newest_first = sort == "-created"
+            if cursor:
+                created, job_id = decode_cursor(cursor)
+                # Rows after the cursor in (created_at, id) order, as one index bound.
+                after = tuple_(Job.created_at, Job.id)
+                query = query.where(after < tuple_(created, job_id) if newest_first else after > tuple_(created, job_id))
+            order = (Job.created_at.desc(), Job.id.desc()) if newest_first else (Job.created_at, Job.id)
+            with self.sessions() as session:
+                jobs = list(session.scalars(query.order_by(*order).limit(limit + 1)))
+            return Page(jobs[:limit], encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None)
+        descending, metric = self._metric_sort(sort)
+        # Ranked pages are offsets into one total order (value, then newest first, then id): stable while the
+        # rows do not change, and a cursor names its sort so it cannot be replayed against another.
+        offset = decode_offset_cursor(cursor, sort) if cursor else 0
+        value = aliased(JobMetric)
+        query = query.outerjoin(value, (value.job_id == Job.id) & (value.name == metric)).order_by(
+            value.value.is_(None), value.value.desc() if descending else value.value,
+            Job.created_at.desc(), Job.id.desc())
         with self.sessions() as session:
-            jobs = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
-        return Page(jobs[:limit], encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None)
+            jobs = list(session.scalars(query.offset(offset).limit(limit + 1)))
+        more = len(jobs) > limit
+        return Page(jobs[:limit], encode_offset_cursor(sort, offset + limit) if more else None)
+
+    def _metric_sort(self, sort: str) -> tuple[bool, str]:
+        match = METRIC_SORT.fullmatch(sort)
+        known = set(METRICS) | set(self.metric_names())
+        if match is None or match.group(2) not in known:
+            what = "unknown metric" if match else "unknown sort key"
+            raise QueryError([("sort", f"{what} {sort[:80]!r}: use -created, created, metrics.<name> or"
+                                       f" -metrics.<name>, with a name from {', '.join(sorted(known))}")])
+        return match.group(1) == "-", match.group(2)
+
+    def metric_names(self) -> list[str]:
+        """Every metric some run has recorded (final losses, scorecard numbers), sorted."""
+        with self.sessions() as session:
+            return list(session.scalars(select(JobMetric.name).distinct().order_by(JobMetric.name)))
 
     def children(self, job_id: str) -> list[Job]:
         with self.sessions() as session:
             return list(session.scalars(select(Job).where(Job.parent_id == job_id)
-                                        .options(selectinload(Job.artifacts)).order_by(Job.created_at)))
+                                        .options(*LOADED).order_by(Job.created_at)))
 
     def child_counts(self, job_ids: list[str]) -> dict[str, int]:
         if not job_ids:

@@ -31,6 +31,8 @@ class Settings(BaseModel):
     broker_url: str = "filesystem://"  # Celery's filesystem transport under home
     artifact_dir: Path = Path()  # default: home/artifacts
     data_dir: Path = Path("./data")
+    # What workers compute once and reuse: the scorecard's judge classifiers (keyed by a data checksum).
+    cache_dir: Path = Path()  # default: home/cache
     api_token: str | None = None
     api_url: str = "http://127.0.0.1:8000"
     # Delivery: a running job's worker refreshes heartbeat_at every
@@ -71,6 +73,7 @@ class Settings(BaseModel):
         home = Path(values.get("home") or "./var").expanduser().resolve()
         values.setdefault("database_url", f"sqlite:///{home / 'latentforge.db'}")
         values.setdefault("artifact_dir", home / "artifacts")
+        values.setdefault("cache_dir", home / "cache")
         if "stale_after_seconds" not in values:
             try:
                 values["stale_after_seconds"] = max(60.0, 6 * float(values.get("heartbeat_seconds", 5.0)))
@@ -78,7 +81,7 @@ class Settings(BaseModel):
                 pass  # the heartbeat's own error names it
         return {**values, "home": home}
 
-    @field_validator("artifact_dir", "data_dir")
+    @field_validator("artifact_dir", "data_dir", "cache_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()

@@ -17,10 +17,12 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictInt, S
                       ValidationError, field_validator)
 
 from shared.errors import SpecError
+from shared.scorecard import PROPERTY_NAMES
 
 DEVICES = ("auto", "cpu", "cuda")
 PRESETS = ("seed",)
 MAX_SAMPLE_POINTS = 1024
+ScorecardProperty = Literal[PROPERTY_NAMES]  # type: ignore[valid-type]
 
 # The seed notebook's values: these are also every train field's default.
 SEED_PRESET: dict[str, Any] = {
@@ -250,6 +252,28 @@ class SampleSpec(ParentSpec):
         if value and len({len(point) for point in value}) != 1:
             raise ValueError("every point must have the same number of coordinates")
         return value
+
+
+class EvaluateSpec(ParentSpec):
+    """The latent-space scorecard of a trained model (shared/scorecard.py names the properties)."""
+
+    split: Literal["train", "test"] = Field(default="test", description="the split the codes are measured on")
+    limit: Annotated[StrictInt, Field(ge=100, le=100_000)] = Field(
+        default=5000, description="first N images of the split (and of the train split, for fitted metrics)")
+    properties: Annotated[list[ScorecardProperty], Field(min_length=1)] | None = Field(
+        default=None, description="the properties to measure; null for all eight")
+    seed: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] = 0
+
+    @field_validator("properties")
+    @classmethod
+    def _no_repeats(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("lists a property more than once")
+        return value
+
+    def measured(self) -> tuple[str, ...]:
+        """The properties to measure, in the scorecard's order."""
+        return tuple(p for p in PROPERTY_NAMES if self.properties is None or p in self.properties)
 
 
 def latent_width_problem(points: list[list[float]] | None, latent_dim: int) -> str | None:

@@ -87,8 +87,14 @@ def services_up():
         pytest.fail(f"Redis ({REDIS_URL}) and PostgreSQL ({PG_ADMIN_URL}) must be running: {exc}")
 
 
+@pytest.fixture(scope="session")
+def judge_cache(tmp_path_factory) -> Path:
+    """One cache folder for every stack's workers: the scorecard's judge is trained once per test session."""
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture(scope="module")
-def stack_factory(tmp_path_factory, mnist_dir):
+def stack_factory(tmp_path_factory, mnist_dir, judge_cache):
     """Build stacks (closed at module end): factory(kind, token=None, workers=1)."""
     import contextlib
 
@@ -99,6 +105,7 @@ def stack_factory(tmp_path_factory, mnist_dir):
     def make(kind: str = "embedded", *, token: str | None = None, workers: int = 1, api: bool = True,
              env: dict[str, str] | None = None) -> Stack:
         home = tmp_path_factory.mktemp(kind)
+        env = {"LATENTFORGE_CACHE_DIR": str(judge_cache), **(env or {})}
         if kind == "embedded":
             stack = Stack(home, mnist_dir, token=token, extra_env=env)
         else:

@@ -17,6 +17,8 @@ import pytest
 import requests
 from PIL import Image
 
+from shared.scorecard import flat_metrics
+
 pytestmark = pytest.mark.usefixtures("services_up")
 
 
@@ -180,3 +182,135 @@ def test_a_failed_job_stores_one_line_for_users_without_server_paths(stack, mnis
     assert "not found in <data dir>/fashion_mnist" in error["message"], error
     assert str(mnist_dir) not in error["message"] and str(stack.home) not in error["message"]
     assert "\n" not in error["message"] and "Traceback" not in error["message"]
+
+
+# -- the scorecard ----------------------------------------------------------------------------------
+
+SCORECARD_FIGURES = {"figures/scorecard.png", "figures/interpolation_paths.png", "figures/judged_samples.png",
+                     "figures/perturbations.png", "figures/lipschitz.png"}
+
+
+def download_json(stack, job, name):
+    artifact = next(a for a in job["artifacts"] if a["name"] == name)
+    return requests.get(stack.url + artifact["url"], timeout=30).json()
+
+
+@pytest.fixture(scope="module")
+def evaluated(stack, trained):
+    job = stack.submit("evaluate", {"model_job": trained["id"], "limit": 1000, "seed": 1})
+    assert job["parent"] == trained["id"] and job["kind"] == "evaluate"
+    return stack.wait_job(job["id"], timeout=300)
+
+
+def test_evaluate_writes_a_scorecard_of_eight_properties(stack, evaluated):
+    job = evaluated
+    assert job["state"] == "succeeded", job["error"]
+    names = {a["name"] for a in job["artifacts"]}
+    assert "scorecard.json" in names and SCORECARD_FIGURES <= names
+    assert {n.replace(".thumb", "") for n in names if ".thumb." in n} == SCORECARD_FIGURES
+    card = download_json(stack, job, "scorecard.json")
+    assert card["model"] == "ae" and card["dataset"] == "mnist" and card["latent_dim"] == 2
+    assert card["samples"] == {"measured": 1000, "reference": 1000}
+    properties = card["properties"]
+    assert set(properties) == {"compactness", "structure", "disentanglement", "continuity", "generative",
+                               "separation", "invariance", "smoothness"}
+    gone = properties["disentanglement"]
+    assert gone["score"] is None and "no known generative factors" in gone["reason"]
+    for name, entry in properties.items():
+        if name == "disentanglement":
+            continue
+        assert 0.0 <= entry["score"] <= 1.0, (name, entry)
+        assert entry["headline_value"] == entry["metrics"][entry["headline"]]
+        assert entry["direction"] in ("higher", "lower") and entry["samples"]
+    compact = properties["compactness"]["metrics"]
+    assert 0.03 < compact["test_mse"] < 0.07 and compact["active_units"] == 2
+    assert compact["pca_mse_ratio"] == pytest.approx(compact["test_mse"] / compact["pca_mse"], rel=1e-4)
+    assert properties["compactness"]["reference"]["test_mse"] == [0.037, 0.040]  # 2-D MNIST
+    assert 0.3 < properties["separation"]["metrics"]["knn_accuracy"] <= 1.0
+    generative = properties["generative"]
+    assert generative["metrics"]["judge_accuracy"] >= 0.98 and generative["notes"]["source"] == "gmm"
+    assert "frechet_distance_normal" in generative["metrics"]  # the plain AE is also judged at N(0, I)
+    assert generative["metrics"]["frechet_floor"] < generative["metrics"]["frechet_distance"]
+    # The job's metrics are the scorecard's numbers, and so are its model's (beside its final losses).
+    model = stack.job(job["parent"])
+    assert job["metrics"] == flat_metrics(card) and len(job["metrics"]) >= 30
+    assert {k: v for k, v in model["metrics"].items() if k in job["metrics"]} == job["metrics"]
+    assert model["metrics"]["test_loss"] == pytest.approx(model["progress"]["test_loss"])
+
+
+def test_evaluating_again_gives_the_same_numbers(stack, trained, evaluated):
+    again = stack.wait_job(stack.submit("evaluate", {"model_job": trained["id"], "limit": 1000, "seed": 1})["id"],
+                           timeout=300)
+    assert again["state"] == "succeeded", again["error"]
+    assert again["id"] != evaluated["id"] and again["metrics"] == evaluated["metrics"]
+
+
+def test_evaluate_a_subset_of_properties_and_bad_specs(stack, trained):
+    bad = stack.post("/jobs", {"kind": "evaluate", "spec": {"model_job": trained["id"], "properties": ["beauty"]}})
+    assert bad.status_code == 422 and "spec.properties.0" in bad.text
+    twice = stack.post("/jobs", {"kind": "evaluate",
+                                 "spec": {"model_job": trained["id"], "properties": ["separation", "separation"]}})
+    assert twice.status_code == 422 and "more than once" in twice.text
+    job = stack.wait_job(stack.submit("evaluate", {"model_job": trained["id"], "limit": 500,
+                                                   "properties": ["separation"]})["id"])
+    assert job["state"] == "succeeded", job["error"]
+    card = download_json(stack, job, "scorecard.json")
+    assert card["properties"]["separation"]["score"] is not None
+    assert all(e["score"] is None and e["reason"] == "not requested"
+               for name, e in card["properties"].items() if name != "separation")
+    assert set(job["metrics"]) == {"separation_score", "knn_accuracy", "probe_accuracy", "silhouette"}
+
+
+def test_runs_ranked_by_a_metric(stack, trained, evaluated):
+    other = stack.wait_job(stack.submit("train", {"epochs": 1, "device": "cpu", "latent_dim": 3})["id"])
+    stack.wait_job(stack.submit("evaluate", {"model_job": other["id"], "limit": 300,
+                                             "properties": ["separation"]})["id"])
+    ranked = stack.get("/jobs?kind=train&sort=-metrics.knn_accuracy&limit=200").json()["items"]
+    values = [j["metrics"].get("knn_accuracy") for j in ranked]
+    known = [v for v in values if v is not None]
+    assert len(known) >= 2 and known == sorted(known, reverse=True)
+    assert values[:len(known)] == known  # runs without the metric come last
+    ascending = stack.get("/jobs?kind=train&sort=metrics.knn_accuracy&limit=200").json()["items"]
+    assert [j["metrics"].get("knn_accuracy") for j in ascending][:len(known)] == known[::-1]
+    # Paged: the same order, one run per page, nothing repeated or lost.
+    seen, cursor = [], None
+    while True:
+        page = stack.get("/jobs?kind=train&sort=-metrics.knn_accuracy&limit=1"
+                         + (f"&cursor={cursor}" if cursor else "")).json()
+        seen += [j["id"] for j in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == [j["id"] for j in ranked]
+    for bad in ("-metrics.beauty", "metrics.", "name", "-metrics.knn_accuracy;drop"):
+        response = stack.get(f"/jobs?sort={bad}")
+        assert response.status_code == 400, bad
+        assert response.json()["errors"][0]["field"] == "sort" and "unknown" in response.json()["errors"][0]["message"]
+    replayed = stack.get(f"/jobs?sort=created&cursor={page_cursor(stack)}")
+    assert replayed.status_code == 400 and "cursor" in replayed.text
+
+
+def page_cursor(stack) -> str:
+    return stack.get("/jobs?kind=train&sort=-metrics.knn_accuracy&limit=1").json()["next_cursor"]
+
+
+def test_the_gallery_shows_ranks_and_compares_scorecards(stack, trained, evaluated):
+    page = requests.get(stack.url + f"/runs/{trained['id']}", timeout=30).text
+    assert 'id="scorecard"' in page and "5-NN accuracy" in page and "Evaluate</button>" in page
+    assert f'/runs/{evaluated["id"]}' in page or "from <a" in page
+    assert 'data-property="disentanglement"' in page and "no known generative factors" in page
+    runs = requests.get(stack.url + "/?kind=train&sort=-metrics.knn_accuracy", timeout=30).text
+    assert 'id="ranked-by"' in runs and 'data-role="ranked-value"' in runs
+    bad = requests.get(stack.url + "/?sort=-metrics.beauty", timeout=30)
+    assert bad.status_code == 400 and "sort" in bad.text
+    others = stack.get("/jobs?kind=train&sort=-metrics.knn_accuracy&limit=2").json()["items"]
+    compare = requests.get(stack.url + "/compare?ids=" + ",".join(j["id"] for j in others), timeout=30).text
+    assert 'data-metric="knn_accuracy"' in compare and 'class="num best"' in compare
+
+
+def test_cli_evaluate_waits_and_prints_the_scorecard(stack, trained):
+    done = stack.cli("evaluate", trained["id"], "--wait", "--set", "limit=300", "--set", 'properties=["separation"]',
+                     "--url", stack.url, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Class separation" in done.stdout and "knn_accuracy =" in done.stdout
+    assert "scorecard.json" in done.stdout

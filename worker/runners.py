@@ -1,4 +1,4 @@
-"""The runners of the built-in job kinds (named in shared/kinds.py): train, embed and sample.
+"""The runners of the built-in job kinds (named in shared/kinds.py): train, embed, sample and evaluate.
 
 A runner is a plain function of (spec, RunContext) returning a RunOutput (both
 in shared/kinds.py): the manifest of the files it wrote into ``ctx.folder``
@@ -14,17 +14,17 @@ import torch
 from shared.artifacts import EMBEDDING_FIGURE, EMBEDDING_PCA_FIGURE, SAMPLES_FIGURE, ArtifactFile, ArtifactKind, figure_files
 from shared.errors import JobInputError
 from shared.kinds import RunContext, RunOutput
-from shared.specs import EmbedSpec, SampleSpec, TrainSpec, latent_width_problem
+from shared.scorecard import flat_metrics
+from shared.specs import EmbedSpec, EvaluateSpec, SampleSpec, TrainSpec, latent_width_problem
 from worker import figures
 from worker.checkpoint import load_model
 from worker.data import ImageSplit, load_split
 from worker.files import atomic_path
 from worker.models import decode_points, encode_all
 from worker.pipeline import label_options, run_training
-from worker.train import images_to_tensor
+from worker.samplers import GMM_COMPONENTS, GMM_FIT_LIMIT, GMM_SOURCE, draw_latents
+from worker.train import TrainingCancelled, images_to_tensor
 
-GMM_COMPONENTS = 10
-GMM_FIT_LIMIT = 20_000  # training codes used to fit the mixture
 
 
 def save_array(ctx: RunContext, name: str, array: np.ndarray) -> ArtifactFile:
@@ -37,7 +37,9 @@ def save_array(ctx: RunContext, name: str, array: np.ndarray) -> ArtifactFile:
 def run_train(spec: TrainSpec, ctx: RunContext) -> RunOutput:
     result = run_training(spec, ctx.folder, data_dir=ctx.data_dir, download=ctx.allow_download, log=ctx.log,
                           on_epoch=ctx.on_epoch, should_stop=ctx.should_stop, resume_from=ctx.resume_from)
-    return RunOutput(result.artifacts, None)  # progress was recorded epoch by epoch
+    final = {name: float(value) for name, value in result.history[-1].to_dict().items() if name != "epoch"}
+    # Progress was recorded epoch by epoch; the final numbers become the run's metrics, to rank runs by.
+    return RunOutput(result.artifacts, None, metrics={**final, "train_seconds": round(result.seconds, 3)})
 
 
 def run_embed(spec: EmbedSpec, ctx: RunContext) -> RunOutput:
@@ -84,12 +86,6 @@ def colour_labels(split: ImageSplit, color_by: str | None) -> tuple[np.ndarray, 
     return split.factors[:, split.factor_names.index(color_by)], {"label_title": color_by}
 
 
-def fit_code_mixture(codes: np.ndarray, seed: int):
-    from sklearn.mixture import GaussianMixture
-
-    return GaussianMixture(n_components=GMM_COMPONENTS, covariance_type="full", random_state=seed).fit(codes)
-
-
 def run_sample(spec: SampleSpec, ctx: RunContext) -> RunOutput:
     model, config = load_model(ctx.parent_folder)
     latent_dim = int(config["model"]["latent_dim"])
@@ -99,21 +95,16 @@ def run_sample(spec: SampleSpec, ctx: RunContext) -> RunOutput:
             raise JobInputError(f"latent_coords: {problem}")
         points = np.asarray(spec.latent_coords, dtype=np.float32)
         title, source = "Decoded latent points", "given"
-    elif model.prior is not None:
-        generator = torch.Generator().manual_seed(spec.seed)
-        points = model.prior.sample(spec.n, generator=generator).numpy()
-        title, source = f"{spec.n} samples from the prior, {model.prior.describe()}", "prior"
-        ctx.log(f"drawing {spec.n} points from the model's prior: {model.prior.describe()}")
     else:
-        # A plain autoencoder has no prior: draw from a Gaussian mixture fitted to its training codes.
-        dataset = config["train"]["dataset"]
-        train = load_split(dataset, "train", ctx.data_dir)
-        x = images_to_tensor(train, torch.device("cpu"))[:GMM_FIT_LIMIT]
-        mixture = fit_code_mixture(encode_all(model, x), spec.seed)
-        points = mixture.sample(spec.n)[0].astype(np.float32)
-        title = f"{spec.n} samples from a {GMM_COMPONENTS}-component Gaussian mixture fitted to the training codes"
-        source = "gmm"
-        ctx.log(f"fitted a {GMM_COMPONENTS}-component mixture to {len(x):,} training codes")
+        def training_codes() -> np.ndarray:
+            train = load_split(config["train"]["dataset"], "train", ctx.data_dir)
+            ctx.log(f"fitting a {GMM_COMPONENTS}-component mixture to the training codes (a plain AE has no prior)")
+            return encode_all(model, images_to_tensor(train, torch.device("cpu"))[:GMM_FIT_LIMIT])
+
+        points, source = draw_latents(model, spec.n, spec.seed, training_codes)
+        title = (f"{spec.n} samples from the prior, {model.prior.describe()}" if source == "prior"
+                 else f"{spec.n} samples from {GMM_SOURCE}")
+        ctx.log(f"drawing {spec.n} points from {model.describe_prior() if source == 'prior' else GMM_SOURCE}")
     decoded = decode_points(model, points)  # the likelihood's mean (sigmoid of the logits for bernoulli)
     images = decoded.reshape(len(points), *shape).astype(np.float32)
     files = [save_array(ctx, "images.npy", images), save_array(ctx, "coords.npy", points)]
@@ -121,6 +112,23 @@ def run_sample(spec: SampleSpec, ctx: RunContext) -> RunOutput:
                          columns=min(len(points), 8))
     files += figure_files(SAMPLES_FIGURE)
     described = {"given": "the given latent points", "prior": f"the model's prior, {model.describe_prior()}",
-                 "gmm": f"a {GMM_COMPONENTS}-component Gaussian mixture fitted to the training codes"
-                        " (a plain autoencoder has no prior)"}
+                 "gmm": f"{GMM_SOURCE} (a plain autoencoder has no prior)"}
     return RunOutput(files, {"count": len(points), "source": source, "drawn_from": described[source]})
+
+
+def run_evaluate(spec: EvaluateSpec, ctx: RunContext) -> RunOutput:
+    from worker.scorecard.evaluate import evaluate_checkpoint
+
+    def on_property(step: int, steps: int, doing: str) -> None:
+        if ctx.should_stop is not None and ctx.should_stop():
+            raise TrainingCancelled("stopped between properties")
+        if ctx.report is not None:
+            ctx.report({"step": step, "steps": steps, "doing": doing})
+
+    scorecard, files = evaluate_checkpoint(spec, ctx.parent_folder, ctx.folder, data_dir=ctx.data_dir,
+                                           cache_dir=ctx.cache_dir, log=ctx.log, on_property=on_property)
+    properties = scorecard["properties"]
+    summary = {"scores": {name: entry["score"] for name, entry in properties.items()},
+               "reasons": {name: entry["reason"] for name, entry in properties.items() if entry["score"] is None},
+               "seconds": scorecard["seconds"]["total"]}
+    return RunOutput(files, summary, metrics=flat_metrics(scorecard), metrics_for_parent=True)

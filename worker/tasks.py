@@ -275,13 +275,19 @@ class JobWorker:
             if self.monitor.draining and state.epoch < total:
                 raise HandBack(f"its worker shut down; handed back after epoch {state.epoch}")
 
+        def report(progress: dict) -> None:
+            if not self.retrying(self.store.record_progress, claim, progress):
+                self.monitor.lost.set()
+                raise AttemptLost(f"attempt {claim.attempt} lost the job")
+
         parent = None
         if kind.parent and claim.parent_id:
             parent = self.settings.artifact_dir / (self.store.published_folder(claim.parent_id) or f"jobs/{claim.parent_id}")
         ctx = RunContext(
             folder=folder, data_dir=self.settings.data_dir, allow_download=self.settings.allow_download,
-            parent_folder=parent, log=lambda line: log.info("job %s: %s", claim.job_id, line),
+            cache_dir=self.settings.cache_dir, parent_folder=parent, log=lambda line: log.info("job %s: %s", claim.job_id, line),
             should_stop=self.monitor.should_stop, on_epoch=on_epoch, resume_from=self.resume_point(claim),
+            report=report,
         )
         return kind.load_runner()(spec, ctx)
 
@@ -330,6 +336,7 @@ class JobWorker:
         monitor.begin(claim)
         outcome: str
         artifacts: list[ArtifactRecord] = []
+        output: RunOutput | None = None
         error: tuple[str, str] | None = None
         hand_back_reason = "its worker shut down mid-epoch"
         try:
@@ -369,7 +376,9 @@ class JobWorker:
                 outcome = "lost"
             if outcome in ("succeeded", "failed", "cancelled"):
                 state = JobState(outcome)
-                if self.retrying(self.store.finish, claim, state, error=error, artifacts=artifacts):
+                metrics = output.metrics if output is not None and state is JobState.SUCCEEDED else {}
+                if self.retrying(self.store.finish, claim, state, error=error, artifacts=artifacts, metrics=metrics,
+                                 parent_metrics=output is not None and output.metrics_for_parent):
                     log.info("job %s: %s", job_id, state.value)
                     self.prune_attempt_folders(job_id)
                     return state

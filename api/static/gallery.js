@@ -13,13 +13,15 @@ function updateProgress(root, data) {
   const p = data.progress || {};
   const bar = root.querySelector('[data-role="bar"]');
   const label = root.querySelector('[data-role="progress-label"]');
-  if (bar && p.total) {
-    bar.value = (100 * p.epoch) / p.total;
+  // Training counts epochs; other long work (an evaluation) counts named steps.
+  const [done, of] = p.total ? [p.epoch, p.total] : p.steps ? [p.step, p.steps] : [null, null];
+  if (bar && of) {
+    bar.value = (100 * done) / of;
     bar.className = "bar-" + data.state;
   } else if (bar && data.state === "succeeded") {
     bar.value = 100;
   }
-  if (label && p.total) label.textContent = p.epoch + "/" + p.total;
+  if (label && of) label.textContent = done + "/" + of + (p.doing && data.state === "running" ? " " + p.doing : "");
   const losses = root.querySelector('[data-role="losses"]');
   if (losses && typeof p.train_loss === "number") {
     losses.textContent = p.train_loss.toFixed(4) + " / " + p.test_loss.toFixed(4);

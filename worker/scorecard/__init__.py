@@ -1,0 +1,1 @@
+"""The latent-space scorecard: metrics, the judge, and the evaluate job."""
