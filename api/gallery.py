@@ -22,7 +22,7 @@ from api.context import API_PREFIX, services
 from api.errors import Problem
 from api.jobs import page_arguments
 from api.schemas import job_out
-from api.scorecards import compare_rows, latest_evaluation, scorecard_view, sort_choices
+from api.scorecards import compare_rows, evaluations, scorecard_view, sort_choices
 from shared.artifacts import HEADLINE_FIGURES, ArtifactKind, thumbnail_name
 from shared.db import JobState
 from shared.errors import JobConflict, LatentForgeError, SpecError
@@ -212,7 +212,7 @@ def render_run(job_id: str, errors: list[dict[str, str]] | None = None, status: 
     shown = (ArtifactKind.FIGURE.value, ArtifactKind.THUMBNAIL.value)
     downloads = [a for a in job["artifacts"] if a["kind"] not in shown]
     model_spec = parent["spec"] if job["kind"] == "evaluate" and parent else job["spec"]
-    scorecard = scorecard_view(job, latest_evaluation(children) if job["kind"] == "train" else None, model_spec)
+    scorecard = scorecard_view(job, evaluations(children) if job["kind"] == "train" else [], model_spec)
     return render_template(
         "run.html", job=job, figures=figures_of(job), downloads=downloads, children=children, parent=parent,
         thumbnail=thumbnail, explorable=is_2d_model(job), errors=errors or [], scorecard=scorecard,

@@ -13,25 +13,31 @@ from shared.artifacts import SCORECARD_FIGURE, thumbnail_name
 from shared.scorecard import METRICS, PROPERTIES, best_of, reference_ranges
 
 
-def latest_evaluation(children: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The newest succeeded evaluate job among a run's children: the run's scorecard."""
+def evaluations(children: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A run's succeeded evaluate jobs, newest first: each property's numbers are the newest that measured it."""
     done = [c for c in children if c["kind"] == "evaluate" and c["state"] == "succeeded"]
-    return max(done, key=lambda c: (c["finished_at"] or "", c["id"])) if done else None
+    return sorted(done, key=lambda c: (c["finished_at"] or "", c["id"]), reverse=True)
 
 
 def has_scorecard(job: dict[str, Any]) -> bool:
     return any(prop.score_name in job["metrics"] for prop in PROPERTIES)
 
 
-def scorecard_view(job: dict[str, Any], evaluation: dict[str, Any] | None, model_spec: dict[str, Any]
+def scorecard_view(job: dict[str, Any], evaluated: list[dict[str, Any]], model_spec: dict[str, Any]
                    ) -> dict[str, Any] | None:
-    """The scorecard of ``job`` (a train job with its latest ``evaluation``, or an evaluate job, which is its
-    own evaluation), ready for the template; None when it has none. ``model_spec`` is the train spec."""
+    """The scorecard of ``job`` (a train job with its ``evaluated`` jobs, newest first, or an evaluate job, which
+    is its own), ready for the template; None when it has none. ``model_spec`` is the train spec."""
     if not has_scorecard(job):
         return None
-    evaluation = evaluation or job
+    evaluated = evaluated or [job]
+    evaluation = evaluated[0]
     metrics = job["metrics"]
-    reasons = (evaluation["progress"] or {}).get("reasons", {})
+    # Why a property has no number: the newest evaluation that tried it says (e.g. no factors to measure).
+    reasons: dict[str, str] = {}
+    for done in reversed(evaluated):
+        for name, reason in (done["progress"] or {}).get("reasons", {}).items():
+            if reason != "not requested" or name not in reasons:
+                reasons[name] = reason
     references = reference_ranges(model_spec.get("dataset", ""), int(model_spec.get("latent_dim") or 0))
     properties = []
     for prop in PROPERTIES:

@@ -158,13 +158,14 @@ class JobStore:
         error: tuple[str, str] | None = None,
         artifacts: Iterable[ArtifactRecord] = (),
         metrics: dict[str, float] | None = None,
-        parent_metrics: bool = False,
+        parent_scope: Iterable[str] = (),
     ) -> bool:
         """End the attempt and publish its artifacts and metrics in one transaction; False if it lost the job.
 
-        ``metrics`` are recorded on the job, and with ``parent_metrics`` also on
-        its parent, replacing what an earlier evaluation recorded there (the
-        parent's own numbers, its final losses, stay).
+        ``metrics`` are recorded on the job, and with a ``parent_scope`` also
+        on its parent, where they replace every metric named in the scope that
+        another job recorded (an earlier evaluation of the same properties);
+        the parent's own numbers, its final losses, stay.
         """
         with self.sessions.begin() as s:
             values: dict[str, Any] = _changed(state=state.value, finished_at=utcnow(), checkpoint=None)
@@ -175,16 +176,19 @@ class JobStore:
             for record in artifacts:
                 s.add(Artifact(job_id=claim.job_id, **record.__dict__))
             if metrics:
-                self._record_metrics(s, claim.job_id, claim.job_id, metrics)
-                if parent_metrics and claim.parent_id:
-                    self._record_metrics(s, claim.parent_id, claim.job_id, metrics)
+                self._record_metrics(s, claim.job_id, claim.job_id, metrics, metrics)
+            scope = list(parent_scope)
+            if scope and claim.parent_id:
+                self._record_metrics(s, claim.parent_id, claim.job_id, metrics or {}, scope)
         return True
 
     @staticmethod
-    def _record_metrics(s: Session, job_id: str, source_id: str, metrics: dict[str, float]) -> None:
-        if job_id != source_id:  # the parent's previous scorecard goes; its own numbers stay
-            s.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.source_id != job_id))
-        s.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.name.in_(list(metrics))))
+    def _record_metrics(s: Session, job_id: str, source_id: str, metrics: dict[str, float], scope: Iterable[str]
+                        ) -> None:
+        stale = delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.name.in_(list(scope)))
+        if job_id != source_id:
+            stale = stale.where(JobMetric.source_id != job_id)  # a parent's own numbers stay
+        s.execute(stale)
         s.add_all(JobMetric(job_id=job_id, name=name, value=float(value), source_id=source_id)
                   for name, value in metrics.items())
 

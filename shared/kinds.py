@@ -49,10 +49,11 @@ class RunOutput:
 
     artifacts: list[ArtifactFile]
     summary: dict | None  # None: the runner recorded its progress as it went
-    # Numbers to rank runs by (shared/scorecard.py names them), recorded with the job's success: on this job,
-    # and on its parent where ``metrics_for_parent`` (an evaluation is the latest scorecard of its model).
+    # Numbers to rank runs by (shared/scorecard.py names them), recorded with the job's success on this job,
+    # and on its parent where ``parent_scope`` names what they replace there: an evaluation's properties become
+    # the latest measurement of those properties of its model, and the model keeps the rest.
     metrics: dict[str, float] = field(default_factory=dict)
-    metrics_for_parent: bool = False
+    parent_scope: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -198,6 +198,12 @@ def flat_metrics(scorecard: dict) -> dict[str, float]:
     return flat
 
 
+def metric_names(properties: tuple[str, ...]) -> tuple[str, ...]:
+    """Every metric name of these properties, their scores included."""
+    return tuple(name for p in PROPERTIES if p.name in properties
+                 for name in (p.score_name, *(m.name for m in p.metrics)))
+
+
 def best_of(metric: str, values: list[float | None]) -> float | None:
     """The best of several runs' values of one metric (None when the metric has no direction)."""
     known = [v for v in values if v is not None]

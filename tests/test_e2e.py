@@ -245,7 +245,7 @@ def test_evaluating_again_gives_the_same_numbers(stack, trained, evaluated):
     assert again["id"] != evaluated["id"] and again["metrics"] == evaluated["metrics"]
 
 
-def test_evaluate_a_subset_of_properties_and_bad_specs(stack, trained):
+def test_evaluate_a_subset_of_properties_and_bad_specs(stack, trained, evaluated):
     bad = stack.post("/jobs", {"kind": "evaluate", "spec": {"model_job": trained["id"], "properties": ["beauty"]}})
     assert bad.status_code == 422 and "spec.properties.0" in bad.text
     twice = stack.post("/jobs", {"kind": "evaluate",
@@ -259,6 +259,10 @@ def test_evaluate_a_subset_of_properties_and_bad_specs(stack, trained):
     assert all(e["score"] is None and e["reason"] == "not requested"
                for name, e in card["properties"].items() if name != "separation")
     assert set(job["metrics"]) == {"separation_score", "knn_accuracy", "probe_accuracy", "silhouette"}
+    # The model's scorecard is the newest measurement of each property: separation from this job, the rest kept.
+    model = stack.job(trained["id"])["metrics"]
+    assert model["knn_accuracy"] == job["metrics"]["knn_accuracy"] != evaluated["metrics"]["knn_accuracy"]
+    assert model["trustworthiness"] == evaluated["metrics"]["trustworthiness"]
 
 
 def test_runs_ranked_by_a_metric(stack, trained, evaluated):

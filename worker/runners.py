@@ -14,7 +14,7 @@ import torch
 from shared.artifacts import EMBEDDING_FIGURE, EMBEDDING_PCA_FIGURE, SAMPLES_FIGURE, ArtifactFile, ArtifactKind, figure_files
 from shared.errors import JobInputError
 from shared.kinds import RunContext, RunOutput
-from shared.scorecard import flat_metrics
+from shared.scorecard import flat_metrics, metric_names
 from shared.specs import EmbedSpec, EvaluateSpec, SampleSpec, TrainSpec, latent_width_problem
 from worker import figures
 from worker.checkpoint import load_model
@@ -131,4 +131,4 @@ def run_evaluate(spec: EvaluateSpec, ctx: RunContext) -> RunOutput:
     summary = {"scores": {name: entry["score"] for name, entry in properties.items()},
                "reasons": {name: entry["reason"] for name, entry in properties.items() if entry["score"] is None},
                "seconds": scorecard["seconds"]["total"]}
-    return RunOutput(files, summary, metrics=flat_metrics(scorecard), metrics_for_parent=True)
+    return RunOutput(files, summary, metrics=flat_metrics(scorecard), parent_scope=metric_names(spec.measured()))

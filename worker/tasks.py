@@ -377,8 +377,9 @@ class JobWorker:
             if outcome in ("succeeded", "failed", "cancelled"):
                 state = JobState(outcome)
                 metrics = output.metrics if output is not None and state is JobState.SUCCEEDED else {}
+                scope = output.parent_scope if output is not None and state is JobState.SUCCEEDED else ()
                 if self.retrying(self.store.finish, claim, state, error=error, artifacts=artifacts, metrics=metrics,
-                                 parent_metrics=output is not None and output.metrics_for_parent):
+                                 parent_scope=scope):
                     log.info("job %s: %s", job_id, state.value)
                     self.prune_attempt_folders(job_id)
                     return state
