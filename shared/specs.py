@@ -259,7 +259,8 @@ class EvaluateSpec(ParentSpec):
 
     split: Literal["train", "test"] = Field(default="test", description="the split the codes are measured on")
     limit: Annotated[StrictInt, Field(ge=100, le=100_000)] = Field(
-        default=5000, description="first N images of the split (and of the train split, for fitted metrics)")
+        default=5000, description="images of the split to measure, drawn with seed (and as many of the other split,"
+                                  " which fitted metrics learn from)")
     properties: Annotated[list[ScorecardProperty], Field(min_length=1)] | None = Field(
         default=None, description="the properties to measure; null for all eight")
     seed: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] = 0

@@ -8,9 +8,9 @@ explain the numbers, and write ``scorecard.json``. No queue or database here.
 Every random draw comes from ``spec.seed``, and the judge is read from its
 cache, so evaluating the same model with the same spec gives the same numbers.
 
-Two sets of images are used: the *measured* split (``spec.split``, its first
-``spec.limit`` images) and the *reference* split (the other one, as many
-images), which fitted metrics learn from: PCA, the k-NN index, the linear
+Two sets of images are used: the *measured* split (``spec.split``, ``spec.limit``
+of its images drawn with ``spec.seed``) and the *reference* split (the other
+one, as many images), which fitted metrics learn from: PCA, the k-NN index, the linear
 probe, the DCI and SAP predictors, and the plain AE's code mixture.
 """
 
@@ -112,8 +112,8 @@ def evaluate_checkpoint(spec: EvaluateSpec, checkpoint: Path, folder: Path, *, d
     model.eval()
     dataset = config["train"]["dataset"]
     other = "train" if spec.split == "test" else "test"
-    measured = _first(load_split(dataset, spec.split, data_dir), spec.limit)
-    reference = _first(load_split(dataset, other, data_dir), spec.limit)
+    measured = _subset(load_split(dataset, spec.split, data_dir), spec.limit, spec.seed)
+    reference = _subset(load_split(dataset, other, data_dir), spec.limit, spec.seed)
     x, x_ref = (images_to_tensor(s, torch.device("cpu")) for s in (measured, reference))
     log(f"encoding {len(measured):,} {dataset} {spec.split} and {len(reference):,} {other} images")
     inputs = Inputs(model, config, measured, reference, x, x_ref, encode_all(model, x, ENCODE_CHUNK),
@@ -164,10 +164,14 @@ def evaluate_checkpoint(spec: EvaluateSpec, checkpoint: Path, folder: Path, *, d
     return scorecard, files
 
 
-def _first(split: ImageSplit, limit: int) -> ImageSplit:
-    count = min(limit, len(split))
-    return ImageSplit(split.dataset, split.split, split.images[:count], split.labels[:count], split.files,
-                      None if split.factors is None else split.factors[:count], split.factor_names)
+def _subset(split: ImageSplit, limit: int, seed: int) -> ImageSplit:
+    """``limit`` images drawn at random (seeded), in dataset order: a dataset stored in factor order (sprites)
+    would give one shape in its first thousand images."""
+    if limit >= len(split):
+        return split
+    chosen = np.sort(np.random.default_rng([seed, len(split)]).choice(len(split), size=limit, replace=False))
+    return ImageSplit(split.dataset, split.split, split.images[chosen], split.labels[chosen], split.files,
+                      None if split.factors is None else split.factors[chosen], split.factor_names)
 
 
 def _entry(name: str, result: Measured, references: dict[str, tuple[float, float]]) -> dict[str, Any]:
@@ -187,12 +191,15 @@ def _entry(name: str, result: Measured, references: dict[str, tuple[float, float
         "reference": {k: list(r) for k, r in references.items() if k in values},
         "figures": result.figures,
         **({"notes": result.notes} if result.notes else {}),
+        **({} if headline is not None else {"reason": f"{prop.headline} has no finite value on this model"}),
     }
 
 
-def _rounded(value: float) -> float | None:
-    value = float(value)
-    return round(value, 6) if math.isfinite(value) else None
+def _rounded(value: float | None) -> float | None:
+    """JSON-safe: a metric with no finite value (every interpolation pair degenerate, say) is null."""
+    if value is None or not math.isfinite(float(value)):
+        return None
+    return round(float(value), 6)
 
 
 def _describe(entry: dict[str, Any]) -> str:
@@ -230,13 +237,15 @@ def structure(inp: Inputs) -> Measured:
 def disentanglement(inp: Inputs) -> Measured | str:
     if inp.measured.factors is None:
         return (f"{inp.measured.dataset} has no known generative factors; evaluate a model trained on sprites")
-    factors, factors_ref = inp.measured.factors, inp.reference.factors
+    # A factor that takes one value in the fit set has nothing to predict (and no classifier fits one class).
+    varied = [j for j in range(inp.reference.factors.shape[1]) if len(np.unique(inp.reference.factors[:, j])) > 1]
+    factors, factors_ref = inp.measured.factors[:, varied], inp.reference.factors[:, varied]
     values = {"mig": metrics.mig(inp.codes, factors)}
     dci = metrics.dci(inp.codes_ref, factors_ref, inp.codes, factors, seed=inp.seed)
     values.update({f"dci_{k}": v for k, v in dci.items()})
     values["sap"] = metrics.sap(inp.codes_ref, factors_ref, inp.codes, factors)
     return Measured("disentanglement", values, {"measured": len(factors), "fit": len(factors_ref)},
-                    notes={"factors": list(inp.measured.factor_names), "bins": 20})
+                    notes={"factors": [inp.measured.factor_names[j] for j in varied], "bins": 20})
 
 
 def continuity(inp: Inputs) -> Measured:
