@@ -240,6 +240,44 @@ def test_the_explorer_matches_the_server_for_an_adversarial_autoencoder(stack, p
     explore_then_decode_on_server(stack, page, job["id"])
 
 
+def test_evaluate_from_the_run_page_then_rank_runs_by_a_scorecard_metric(stack, page):
+    model = stack.wait_job(stack.submit("train", {"epochs": 1, "device": "cpu"}, name="to evaluate")["id"])
+    page.goto(stack.url + f"/runs/{model['id']}")
+    assert page.locator("#scorecard").count() == 0
+    with page.expect_navigation():
+        page.locator("#evaluate-button").click()
+    assert re.search(r"/runs/[0-9a-f-]{36}$", page.url) and "evaluate" in page.locator("p.ids").inner_text()
+    evaluation = page.url.rsplit("/", 1)[1]
+    # The evaluation's page counts its properties as they are measured, without a reload.
+    page.evaluate("window.__sameDocument = true")
+    page.wait_for_function("() => window.__sameDocument && /[1-7]\\/8 /.test("
+                           "document.querySelector('#run [data-role=progress-label]').textContent)", timeout=300_000)
+    page.wait_for_function("() => document.querySelector('#run [data-role=state]').textContent === 'succeeded'",
+                           timeout=300_000)
+    page.goto(stack.url + f"/runs/{model['id']}")
+    rows = page.locator("#scorecard tr[data-property]")
+    assert rows.count() == 8
+    assert rows.locator("meter").count() == 7  # MNIST has no factors: disentanglement is n/a, with the reason
+    assert "no known generative factors" in page.locator("#scorecard tr[data-property=disentanglement]").inner_text()
+    knn = page.locator("#scorecard [data-metric=knn_accuracy]")
+    assert "5-NN accuracy" in knn.inner_text() and "ref 0.75" in knn.inner_text()
+    assert "higher is better" in knn.get_attribute("title")
+    assert min(load_all_images(page, "#scorecard img.radar")) > 0
+    shot(page, "scorecard")
+    # Rank the runs by that metric from the runs page's sort menu.
+    page.goto(stack.url + "/")
+    page.locator("select#sort").select_option("-metrics.knn_accuracy")
+    with page.expect_navigation():
+        page.locator("form.filters button[type=submit]").click()
+    assert "sort=-metrics.knn_accuracy" in page.url
+    # The only runs with the number: the evaluation and its model (which carries its scorecard), tied, newest first.
+    top = page.locator("#runs tbody tr[data-job-id]")
+    assert [top.nth(i).get_attribute("data-job-id") for i in range(2)] == [evaluation, model["id"]]
+    assert float(top.nth(1).locator("[data-role=ranked-value]").inner_text()) == pytest.approx(
+        stack.job(model["id"])["metrics"]["knn_accuracy"], abs=1e-3)
+    assert top.nth(2).locator("[data-role=ranked-value]").inner_text() == "—"
+
+
 def test_names_render_as_text_never_as_markup(stack, page):
     hostile = '<script>alert("x")</script><img src=x onerror=alert(1)>'
     job = stack.submit("train", {"epochs": 1, "device": "cpu"}, name=hostile, tags=["<b>tag</b>"])

@@ -124,24 +124,25 @@ def test_checksum_is_deterministic_and_sensitive(mnist_train, mnist_test):
     assert data_checksum(replace(mnist_train, dataset="fashion_mnist"), mnist_test) != first
 
 
-def test_unwritable_cache_still_gives_a_judge(mnist_train, mnist_test, tmp_path, monkeypatch):
-    """Training is stubbed (the real one is tested above): only the caching around it is checked."""
-    tiny = Judge(net=JudgeNet(10).eval(), dataset="mnist", n_classes=10, test_accuracy=0.5,
-                 data_sha256=data_checksum(mnist_train, mnist_test), trained_seconds=0.1, cached=False, path=None)
-    monkeypatch.setattr(judge_mod, "train_judge", lambda *a, **k: tiny)
+def test_unwritable_cache_still_gives_a_judge(mnist_train, mnist_test, tmp_path):
+    """The caching around a real (tiny, so quick) training: a cache path that cannot be a folder, none, and one that
+    works and is then read back without training again."""
+    train = replace(mnist_train, images=mnist_train.images[:600], labels=mnist_train.labels[:600])
+    test = replace(mnist_test, images=mnist_test.images[:200], labels=mnist_test.labels[:200])
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the cache dir should be")
     lines: list[str] = []
-    got = load_or_train_judge(mnist_train, mnist_test, blocker, log=lines.append)
-    assert got is tiny and got.path is None and not got.cached
+    got = load_or_train_judge(train, test, blocker, log=lines.append)
+    assert got.path is None and not got.cached and got.trained_seconds is not None
     assert any("could not cache" in line for line in lines)
-    assert load_or_train_judge(mnist_train, mnist_test, None, log=lines.append) is tiny
+    assert load_or_train_judge(train, test, None, log=lines.append).path is None
 
-    # a writable dir: written, then read back identically without training
-    got = load_or_train_judge(mnist_train, mnist_test, tmp_path / "cache", log=lines.append)
-    assert got.path is not None and (got.path / WEIGHTS_NAME).is_file()
-    monkeypatch.setattr(judge_mod, "train_judge", lambda *a, **k: pytest.fail("retrained"))
-    back = load_or_train_judge(mnist_train, mnist_test, tmp_path / "cache", log=lines.append)
-    assert back.cached and back.test_accuracy == 0.5
+    # A writable folder: written, then read back identically without training.
+    made = load_or_train_judge(train, test, tmp_path / "cache", log=lines.append)
+    assert made.path is not None and (made.path / WEIGHTS_NAME).is_file() and not made.cached
+    lines.clear()
+    back = load_or_train_judge(train, test, tmp_path / "cache", log=lines.append)
+    assert back.cached and back.trained_seconds is None and back.test_accuracy == made.test_accuracy
+    assert not any("epoch" in line for line in lines), lines
     x = mnist_train.images[:5]
-    np.testing.assert_array_equal(back.probabilities(x), tiny.probabilities(x))
+    np.testing.assert_array_equal(back.probabilities(x), made.probabilities(x))

@@ -14,6 +14,7 @@ arrays are transposed ((d, N)); here rows are always points.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -247,7 +248,10 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     sigma_a = np.atleast_2d(np.cov(a, rowvar=False))
     sigma_b = np.atleast_2d(np.cov(b, rowvar=False))
 
-    covmean = scipy.linalg.sqrtm(sigma_a @ sigma_b)
+    with warnings.catch_warnings():
+        # Features that never fire make a covariance singular; sqrtm warns, and the result is checked below.
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma_a @ sigma_b)
     if not np.isfinite(covmean).all():
         # Singular product: pytorch-fid's fix, a small ridge on both covariances.
         offset = np.eye(sigma_a.shape[0]) * 1e-6
@@ -386,7 +390,9 @@ def decoder_lipschitz(decode: Decode, z: torch.Tensor, iterations: int = 30, see
     v = normalise(v)
     # torch.func differentiates regardless of grad mode; no_grad only stops autograd
     # from recording a graph to the decoder's parameters (half the time otherwise).
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch.func's first forward-mode call warns about torch.jit.script, which it uses inside.
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
         # The VJP's linearisation at z is the same every iteration: build it once.
         _, vjp_fn = torch.func.vjp(decode, z)
         for _ in range(iterations):
