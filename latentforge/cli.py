@@ -348,6 +348,15 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------------------------
 
 
+def add_submit_options(parser: argparse.ArgumentParser, set_help: str, wait_help: str) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    parser.add_argument("--name")
+    parser.add_argument("--tag", action="append", default=[])
+    parser.add_argument("--idempotency-key")
+    parser.add_argument("--wait", action="store_true", help=wait_help)
+    parser.add_argument("--url", help="API address (default LATENTFORGE_API_URL or http://127.0.0.1:8000)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="latentforge", description="Train and study autoencoder latent spaces.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -392,23 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = sub.add_parser("submit", help="queue a job through the API")
     submit.add_argument("kind", choices=list(KINDS), help="; ".join(f"{k.name}: {k.help}" for k in KINDS.values()))
-    submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a spec field (JSON value)")
-    submit.add_argument("--name")
-    submit.add_argument("--tag", action="append", default=[])
-    submit.add_argument("--idempotency-key")
-    submit.add_argument("--wait", action="store_true", help="follow progress until the job ends")
-    submit.add_argument("--url", help="API address (default LATENTFORGE_API_URL or http://127.0.0.1:8000)")
+    add_submit_options(submit, "a spec field (JSON value)", "follow progress until the job ends")
     submit.set_defaults(handler=cmd_submit)
 
     evaluate = sub.add_parser("evaluate", help="queue the latent-space scorecard of a trained model")
     evaluate.add_argument("model_job", help="id of a succeeded train job")
-    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                          help="a spec field: split, limit, properties, seed (e.g. --set properties=[\"separation\"])")
-    evaluate.add_argument("--name")
-    evaluate.add_argument("--tag", action="append", default=[])
-    evaluate.add_argument("--idempotency-key")
-    evaluate.add_argument("--wait", action="store_true", help="follow progress, then print the scorecard")
-    evaluate.add_argument("--url", help="API address (default LATENTFORGE_API_URL or http://127.0.0.1:8000)")
+    add_submit_options(evaluate, "a spec field: split, limit, properties, seed (e.g. --set properties=[\"separation\"])",
+                       "follow progress, then print the scorecard")
     evaluate.set_defaults(handler=cmd_evaluate)
 
     health = sub.add_parser("health", help="exit 0 when the API (or, with --worker, this host's worker) is healthy")

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from worker.scorecard import judge as judge_mod
 from worker.scorecard.judge import (
     FEATURES,
     JUDGE_VERSION,
     META_NAME,
     WEIGHTS_NAME,
     Judge,
-    JudgeNet,
     data_checksum,
     judge_folder,
     load_or_train_judge,
@@ -114,7 +113,6 @@ def test_probabilities_and_features(trained, mnist_test):
 
 
 def test_checksum_is_deterministic_and_sensitive(mnist_train, mnist_test):
-    from dataclasses import replace
 
     first = data_checksum(mnist_train, mnist_test)
     assert first == data_checksum(mnist_train, mnist_test) and len(first) == 64

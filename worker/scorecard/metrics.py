@@ -392,7 +392,7 @@ def decoder_lipschitz(decode: Decode, z: torch.Tensor, iterations: int = 30, see
     # from recording a graph to the decoder's parameters (half the time otherwise).
     with torch.no_grad(), warnings.catch_warnings():
         # torch.func's first forward-mode call warns about torch.jit.script, which it uses inside.
-        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*")  # Future- or DeprecationWarning
         # The VJP's linearisation at z is the same every iteration: build it once.
         _, vjp_fn = torch.func.vjp(decode, z)
         for _ in range(iterations):
