@@ -83,7 +83,7 @@ def part_timing(args: argparse.Namespace, runs: Path, data_dir: Path) -> None:
     print(f"  first run, judge trained ({judge['trained_seconds']:.1f} s of it): {cold:6.1f} s")
     print(f"  judge cached:                                   {warm:6.1f} s  = {warm / TARGET_S:.2f} x the"
           f" {TARGET_S:.0f} s target")
-    print(f"  per property (cached run's scorecard is the same work): {card['seconds']}")
+    print(f"  per property, first run (s): {card['seconds']}")
 
 
 def part_table(args: argparse.Namespace, runs: Path, data_dir: Path, out: Path) -> None:

@@ -6,6 +6,7 @@ same way, so "samples from the model" means one thing everywhere.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -32,4 +33,9 @@ def draw_latents(model: LatentModel, n: int, seed: int,
         generator = torch.Generator().manual_seed(seed)
         return model.prior.sample(n, generator=generator).numpy().astype(np.float32), "prior"
     mixture = fit_code_mixture(training_codes()[:GMM_FIT_LIMIT], seed)
-    return mixture.sample(n)[0].astype(np.float32), "gmm"
+    with warnings.catch_warnings():
+        # EM's full covariances are positive semi-definite up to round-off, which NumPy's sampler warns about.
+        warnings.filterwarnings("ignore", message="covariance is not symmetric positive-semidefinite")
+        points = mixture.sample(n)[0].astype(np.float32)
+    # scikit-learn returns the draws grouped by component: shuffled, the first few are as varied as the rest.
+    return points[np.random.default_rng(seed).permutation(n)], "gmm"
