@@ -32,8 +32,8 @@ from shared.specs import JobCreate, Spec
 
 PAGE_DEFAULT, PAGE_MAX = 50, 200
 LOADED = (selectinload(Job.artifacts), selectinload(Job.metrics))  # what job_out reads after the session closes
-ASCII_NUMBER = re.compile(r"[0-9]{1,9}")
-METRIC_SORT = re.compile(r"(-?)metrics\.([a-z][a-z0-9_]{0,63})")  # str.isdigit() also takes '²' and other digits int() refuses
+ASCII_NUMBER = re.compile(r"[0-9]{1,9}")  # str.isdigit() also takes '²' and other digits int() refuses
+METRIC_SORT = re.compile(r"(-?)metrics\.([a-z][a-z0-9_]{0,63})")
 
 
 def parse_id(value: Any, what: str = "job") -> str:

@@ -285,9 +285,9 @@ class JobWorker:
             parent = self.settings.artifact_dir / (self.store.published_folder(claim.parent_id) or f"jobs/{claim.parent_id}")
         ctx = RunContext(
             folder=folder, data_dir=self.settings.data_dir, allow_download=self.settings.allow_download,
-            cache_dir=self.settings.cache_dir, parent_folder=parent, log=lambda line: log.info("job %s: %s", claim.job_id, line),
-            should_stop=self.monitor.should_stop, on_epoch=on_epoch, resume_from=self.resume_point(claim),
-            report=report,
+            cache_dir=self.settings.cache_dir, parent_folder=parent,
+            log=lambda line: log.info("job %s: %s", claim.job_id, line), should_stop=self.monitor.should_stop,
+            on_epoch=on_epoch, report=report, resume_from=self.resume_point(claim),
         )
         return kind.load_runner()(spec, ctx)
 
