@@ -27,14 +27,23 @@ from typing import Any, Callable, Iterable
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from shared.db import Artifact, Job, JobMetric, JobState, Lease, Worker, utcnow
 from shared.errors import JobConflict, JobNotFound
+from shared.kinds import KINDS, get_kind
 
 log = logging.getLogger(__name__)
 
 PUBLISH_GRACE_S = 5.0  # the API marks a job published within milliseconds of committing it
+ID_CHUNK = 500  # ids per IN (...) list
+
+
+def _group_progress(total: int, children: dict[str, int], follow_ups: dict[str, int]) -> dict[str, Any]:
+    """A group's progress: how many children finished of how many, their states, their follow-ups' states."""
+    finished = sum(n for state, n in children.items() if JobState(state).finished)
+    return {"step": finished, "steps": total, "doing": "children finished", "children": children,
+            "follow_ups": follow_ups}
 
 
 def run_path(job_id: str, lease: int) -> str:
@@ -100,6 +109,43 @@ class JobStore:
         self.publish(job.id, job.queue)
         return job
 
+    def create_group(self, session: Session, children: list[dict[str, Any]], **fields: Any) -> Job:
+        """Commit a fan-out job (a sweep) and all its children in one transaction, then publish the children.
+
+        The group itself is never published: it is running from the start
+        (with no worker and no heartbeat, so neither the reaper nor the
+        republisher ever touches it) and its state follows its children's. A
+        crash between the commit and the publishing loses nothing: the reaper
+        publishes children that stayed unpublished.
+        """
+        now = utcnow()
+        group = Job(max_attempts=self.max_attempts, state=JobState.RUNNING.value, started_at=now, published_at=now,
+                    progress=_group_progress(len(children), {JobState.QUEUED.value: len(children)}, {}), **fields)
+        session.add(group)
+        session.flush()
+        rows = [Job(max_attempts=self.max_attempts, parent_id=group.id, **child) for child in children]
+        session.add_all(rows)
+        session.commit()
+        self.publish_many([(row.id, row.queue) for row in rows])
+        return group
+
+    def publish_many(self, jobs: list[tuple[str, str]]) -> int:
+        """Publish jobs and mark those sent in one statement; the reaper retries the rest."""
+        sent = []
+        for job_id, queue in jobs:
+            try:
+                self._send(job_id, queue)
+            except Exception as exc:  # the broker is away: leave the rest to the reaper
+                log.warning("could not publish %d jobs (%s: %s); the reaper will retry", len(jobs) - len(sent),
+                            type(exc).__name__, exc)
+                break
+            sent.append(job_id)
+        with self.sessions.begin() as s:
+            for start in range(0, len(sent), ID_CHUNK):
+                s.execute(update(Job).where(Job.id.in_(sent[start:start + ID_CHUNK]), Job.published_at.is_(None))
+                          .values(published_at=utcnow()))
+        return len(sent)
+
     def publish(self, job_id: str, queue: str) -> bool:
         try:
             self._send(job_id, queue)
@@ -125,6 +171,7 @@ class JobStore:
             if not claimed:
                 return None
             job = s.get(Job, job_id)
+            self._tally(s, job.parent_id)
             return Claim(job.id, job.attempts, job.lease, worker, job.kind, dict(job.spec), job.parent_id,
                          dict(job.checkpoint) if job.checkpoint else None)
 
@@ -175,12 +222,95 @@ class JobStore:
                 return False
             for record in artifacts:
                 s.add(Artifact(job_id=claim.job_id, **record.__dict__))
+            follow_ups = self._queue_follow_ups(s, claim) if state is JobState.SUCCEEDED else []
+            self._tally(s, claim.parent_id)
             if metrics:
                 self._record_metrics(s, claim.job_id, claim.job_id, metrics, metrics)
             scope = list(parent_scope)
             if scope and claim.parent_id:
                 self._record_metrics(s, claim.parent_id, claim.job_id, metrics or {}, scope)
+        if follow_ups:
+            self.publish_many(follow_ups)
         return True
+
+    def _queue_follow_ups(self, s: Session, claim: Claim) -> list[tuple[str, str]]:
+        """The jobs a group asks for when one of its children succeeds (a sweep: the child's evaluation)."""
+        if claim.parent_id is None:
+            return []
+        group = s.execute(select(Job.kind, Job.spec, Job.cancel_requested).where(Job.id == claim.parent_id)).one()
+        kind = KINDS.get(group.kind)
+        if kind is None or kind.follow_up is None or group.cancel_requested:
+            return []
+        made = []
+        for follow_kind, fields in kind.follow_up(group.spec, claim.job_id):
+            follow = get_kind(follow_kind)
+            spec = follow.parse(fields)
+            job = Job(kind=follow.name, spec=spec.to_dict(), parent_id=claim.job_id, queue=follow.queue(spec),
+                      max_attempts=self.max_attempts, tags=[])
+            s.add(job)
+            s.flush()
+            made.append((job.id, job.queue))
+        return made
+
+    # -- groups (sweeps): state and counts follow the children --------------------------------
+
+    def _tally(self, s: Session, parent_id: str | None) -> None:
+        """After a job changed state: recount the group it belongs to (its parent, or for a follow-up its
+        parent's parent), in the same transaction."""
+        for _ in range(2):
+            if parent_id is None:
+                return
+            row = s.execute(select(Job.kind, Job.parent_id).where(Job.id == parent_id)).one_or_none()
+            if row is None:
+                return
+            kind = KINDS.get(row.kind)
+            if kind is not None and kind.fan_out is not None:
+                self._recount(s, parent_id)
+                return
+            parent_id = row.parent_id
+
+    def _recount(self, s: Session, group_id: str) -> None:
+        # The group's row lock orders two workers finishing children at the same instant: the second counts
+        # after the first has committed (PostgreSQL re-reads per statement; SQLite has one writer at a time).
+        group = s.execute(select(Job.cancel_requested, Job.state).where(Job.id == group_id).with_for_update()).one()
+        children = dict(s.execute(select(Job.state, func.count()).where(Job.parent_id == group_id)
+                                  .group_by(Job.state)).all())
+        child, follow = aliased(Job), aliased(Job)
+        follow_ups = dict(s.execute(select(follow.state, func.count()).join(child, follow.parent_id == child.id)
+                                    .where(child.parent_id == group_id).group_by(follow.state)).all())
+        live = (JobState.QUEUED.value, JobState.RUNNING.value)
+        unfinished = sum(n for st, n in children.items() if st in live) + sum(
+            n for st, n in follow_ups.items() if st in live)
+        values: dict[str, Any] = {"progress": _group_progress(sum(children.values()), children, follow_ups)}
+        if unfinished:
+            values["state"] = JobState.RUNNING.value
+        else:
+            everything_succeeded = set(children) | set(follow_ups) <= {JobState.SUCCEEDED.value}
+            values["state"] = (JobState.CANCELLED.value if group.cancel_requested else
+                               JobState.SUCCEEDED.value if everything_succeeded else JobState.FAILED.value)
+            if group.state != values["state"]:
+                values["finished_at"] = utcnow()
+        s.execute(update(Job).where(Job.id == group_id).values(**_changed(**values)))
+
+    def cancel_group(self, group_id: str) -> str:
+        """Cancel a group: every unfinished child and follow-up (queued ones at once, running ones asked to
+        stop), and no more follow-ups. Returns the group's state after."""
+        now = utcnow()
+        with self.sessions.begin() as s:
+            state = s.execute(select(Job.state).where(Job.id == group_id).with_for_update()).scalar_one_or_none()
+            if state is None:
+                raise JobNotFound(f"no job with id {group_id}")
+            if JobState(state).finished:
+                raise JobConflict(f"job {group_id} has already finished ({state})")
+            s.execute(update(Job).where(Job.id == group_id).values(**_changed(cancel_requested=True)))
+            children = select(Job.id).where(Job.parent_id == group_id).scalar_subquery()
+            members = (Job.parent_id == group_id) | Job.parent_id.in_(children)
+            s.execute(update(Job).where(members, Job.state == JobState.QUEUED.value).values(**_changed(
+                state=JobState.CANCELLED.value, cancel_requested=True, finished_at=now, checkpoint=None)))
+            s.execute(update(Job).where(members, Job.state == JobState.RUNNING.value)
+                      .values(**_changed(cancel_requested=True)))
+            self._recount(s, group_id)
+            return s.execute(select(Job.state).where(Job.id == group_id)).scalar_one()
 
     @staticmethod
     def _record_metrics(s: Session, job_id: str, source_id: str, metrics: dict[str, float], scope: Iterable[str]
@@ -200,6 +330,8 @@ class JobStore:
                 state=JobState.QUEUED.value, attempts=Job.attempts - 1, worker=None, heartbeat_at=None,
                 queued_at=now, published_at=None, last_interruption=reason,
             ))).rowcount == 1
+            if handed:
+                self._tally(s, claim.parent_id)
             queue = s.execute(select(Job.queue).where(Job.id == claim.job_id)).scalar_one()
         if handed:
             self._send_unpublished(claim.job_id, queue, now)
@@ -215,6 +347,7 @@ class JobStore:
                 .values(**_changed(state=JobState.CANCELLED.value, cancel_requested=True, finished_at=utcnow(),
                                    checkpoint=None))
             ).rowcount:
+                self._tally(s, s.execute(select(Job.parent_id).where(Job.id == job_id)).scalar_one())
                 return JobState.CANCELLED.value
             if s.execute(
                 update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING.value)
@@ -247,6 +380,8 @@ class JobStore:
                               *extra_conditions)
             .values(**_changed(last_interruption=reason, **values))
         ).rowcount
+        if done:
+            self._tally(s, s.execute(select(Job.parent_id).where(Job.id == job_id)).scalar_one())
         return outcome if done else None
 
     def _settle(self, rows: Iterable[Any], reason_of: Callable[[Any], str], now: datetime,

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from shared.artifacts import ArtifactFile
 from shared.errors import SpecError
-from shared.specs import EmbedSpec, EvaluateSpec, SampleSpec, Spec, TrainSpec, latent_width_problem
+from shared.specs import EmbedSpec, EvaluateSpec, SampleSpec, Spec, SweepSpec, TrainSpec, latent_width_problem
 
 
 @dataclass
@@ -67,14 +67,30 @@ class ParentRule:
 
 
 @dataclass(frozen=True)
+class Child:
+    """One job a fan-out kind makes when it is submitted: its kind, its validated spec, what it varies."""
+
+    kind: str
+    spec: Spec
+    varied: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class JobKind:
     name: str
     spec: type[Spec]
-    runner: str  # "module:function" taking (spec, RunContext) and returning a RunOutput; imported by workers only
+    # "module:function" taking (spec, RunContext) and returning a RunOutput; imported by workers only.
+    # None for a fan-out kind: no worker runs it, its state follows its children's.
+    runner: str | None
     help: str
     parent: ParentRule | None = None
     # The queue a job of this kind goes to, from its spec.
     queue: Callable[[Spec], str] = field(default=lambda spec: "cpu")
+    # A kind that is a group of other jobs (a sweep): the children its spec makes, created with it.
+    fan_out: Callable[[Spec], list[Child]] | None = None
+    # After a child succeeds: the follow-up jobs to queue in the same transaction, as (kind, spec) (a sweep's
+    # evaluations); called with the group's stored spec (a dict: already validated) and the child's id.
+    follow_up: Callable[[Mapping[str, Any], str], list[tuple[str, dict[str, Any]]]] | None = None
 
     def parse(self, data: Any) -> Spec:
         """The validated spec; errors name the fields as ``spec.<field>``."""
@@ -86,6 +102,8 @@ class JobKind:
             raise exc.prefixed("spec.") from None
 
     def load_runner(self) -> Callable[..., Any]:
+        if self.runner is None:
+            raise LookupError(f"no worker runs {self.name} jobs: their state follows their children's")
         module, _, function = self.runner.partition(":")
         return getattr(importlib.import_module(module), function)
 
@@ -165,4 +183,21 @@ register(JobKind(
     name="evaluate", spec=EvaluateSpec, runner="worker.runners:run_evaluate",
     help="the latent-space scorecard: one number per ideal property, with the figures that explain them",
     parent=ParentRule(),
+))
+
+
+def _sweep_children(spec: SweepSpec) -> list[Child]:
+    return [Child("train", child, varied) for child, varied in spec.children()]
+
+
+def _sweep_evaluation(spec: Mapping[str, Any], child_id: str) -> list[tuple[str, dict[str, Any]]]:
+    return [("evaluate", {"model_job": child_id})] if spec.get("evaluate", True) else []
+
+
+SWEEP_QUEUE = "none"  # a fan-out job is never published: no worker claims it
+
+register(JobKind(
+    name="sweep", spec=SweepSpec, runner=None,
+    help="train jobs over a grid of one base spec, each evaluated; the sweep follows its children",
+    queue=lambda spec: SWEEP_QUEUE, fan_out=_sweep_children, follow_up=_sweep_evaluation,
 ))

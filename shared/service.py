@@ -103,13 +103,14 @@ class JobService:
         kind = get_kind(request.kind)
         spec = kind.parse(request.spec)
         parent_id = self._check_parent(kind, spec)
-        spec_dict = spec.to_dict()
+        fields = dict(kind=kind.name, spec=spec.to_dict(), name=request.name, tags=request.tags, parent_id=parent_id,
+                      queue=kind.queue(spec), idempotency_key=idempotency_key, request_hash=fingerprint)
         with self.sessions() as session:
             try:
-                job = self.store.create(
-                    session, kind=kind.name, spec=spec_dict, name=request.name, tags=request.tags, parent_id=parent_id,
-                    queue=kind.queue(spec), idempotency_key=idempotency_key, request_hash=fingerprint,
-                )
+                if kind.fan_out is not None:
+                    job = self.store.create_group(session, self._children(kind, spec, request.name), **fields)
+                else:
+                    job = self.store.create(session, **fields)
             except IntegrityError:
                 session.rollback()  # a concurrent retry with the same key won the insert
                 if idempotency_key and (existing := self._replay(idempotency_key, fingerprint)) is not None:
@@ -117,6 +118,18 @@ class JobService:
                 raise
             job.artifacts, job.metrics  # loaded now (none yet): answered as committed, not as a worker changed it since
             return job, False
+
+    @staticmethod
+    def _children(kind: JobKind, spec: Spec, name: str | None) -> list[dict[str, Any]]:
+        """The rows of a fan-out job's children, named after the group and what each varies."""
+        rows = []
+        for child in kind.fan_out(spec):
+            child_kind = get_kind(child.kind)
+            varied = ", ".join(f"{k}={json.dumps(v)}" for k, v in child.varied.items())
+            label = f"{name or kind.name}: {varied}" if varied else (name or kind.name)
+            rows.append(dict(kind=child_kind.name, spec=child.spec.to_dict(), name=label[:200], tags=[],
+                             queue=child_kind.queue(child.spec)))
+        return rows
 
     def _replay(self, key: str, fingerprint: str) -> Job | None:
         with self.sessions() as session:
@@ -256,10 +269,15 @@ class JobService:
     # -- cancelling -----------------------------------------------------------------------------
 
     def cancel(self, job_id: Any) -> Job:
-        """Cancel a queued job, or ask a running one to stop; JobConflict once it has finished."""
-        job_id = parse_id(job_id)
-        self.store.cancel(job_id)
-        return self.get(job_id)
+        """Cancel a queued job, or ask a running one to stop; JobConflict once it has finished. Cancelling a
+        group (a sweep) cancels every unfinished child and follow-up."""
+        job = self.get(job_id)
+        kind = get_kind(job.kind) if job.kind in names() else None
+        if kind is not None and kind.fan_out is not None:
+            self.store.cancel_group(job.id)
+        else:
+            self.store.cancel(job.id)
+        return self.get(job.id)
 
 
 def _choice(name: str, value: str | None, allowed: list[str]) -> str | None:

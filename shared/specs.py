@@ -10,6 +10,8 @@ JSON schemas of the OpenAPI document.
 
 from __future__ import annotations
 
+import itertools
+import math
 import uuid
 from typing import Annotated, Any, Literal, Union
 
@@ -275,6 +277,74 @@ class EvaluateSpec(ParentSpec):
     def measured(self) -> tuple[str, ...]:
         """The properties to measure, in the scorecard's order."""
         return tuple(p for p in PROPERTY_NAMES if self.properties is None or p in self.properties)
+
+
+MAX_SWEEP_CHILDREN = 1000
+GridKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class SweepSpec(Spec):
+    """Train jobs over a grid (and/or a list) of overrides of one base train spec, each seed, as child jobs."""
+
+    base: dict[str, Any] = Field(default_factory=dict, description="a train spec: what every child shares")
+    grid: dict[GridKey, Annotated[list[Any], Field(min_length=1, max_length=MAX_SWEEP_CHILDREN)]] = Field(
+        default_factory=dict, description="train field -> values; every combination is a child")
+    overrides: Annotated[list[dict[str, Any]], Field(max_length=MAX_SWEEP_CHILDREN)] = Field(
+        default_factory=list, description="more children, each the base with these fields (after the grid's)")
+    evaluate: bool = Field(default=True, description="queue each child's evaluate job as soon as it succeeds")
+    seeds: Annotated[StrictInt, Field(ge=1, le=100)] = Field(
+        default=1, description="runs of every setting, with seeds base.seed, base.seed + 1, ...")
+
+    def settings(self) -> list[tuple[dict[str, Any], str]]:
+        """Every setting before seeds: (the fields it varies, where they come from for error messages)."""
+        keys = list(self.grid)
+        combos = [dict(zip(keys, values)) for values in itertools.product(*(self.grid[k] for k in keys))] \
+            if keys else []
+        found = [(combo, "grid") for combo in combos]
+        found += [(dict(override), f"overrides.{i}") for i, override in enumerate(self.overrides)]
+        return found or [({}, "base")]
+
+    def size(self) -> int:
+        grid = math.prod(len(v) for v in self.grid.values()) if self.grid else 0
+        return max(1, grid + len(self.overrides)) * self.seeds
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.size() > MAX_SWEEP_CHILDREN:
+            return [("grid", f"makes {self.size():,} children (settings x seeds); at most {MAX_SWEEP_CHILDREN:,}")]
+        try:
+            TrainSpec.from_dict(self.base)
+        except SpecError as exc:
+            return exc.prefixed("base.").errors
+        found: dict[str, str] = {}
+        for varied, source in self.settings():
+            try:
+                TrainSpec.from_dict({**self.base, **varied})
+            except SpecError as exc:
+                for name, message in exc.errors:
+                    found.setdefault(_setting_field(self, name, varied, source), message)
+        return list(found.items())
+
+    def children(self) -> list[tuple["TrainSpec", dict[str, Any]]]:
+        """Each child's train spec and the fields it varies (seed included when there are several)."""
+        first_seed = TrainSpec.from_dict(self.base).seed
+        out = []
+        for varied, _ in self.settings():
+            for k in range(self.seeds):
+                fields = {**varied, **({"seed": varied.get("seed", first_seed) + k} if self.seeds > 1 else {})}
+                out.append((TrainSpec.from_dict({**self.base, **fields}), fields))
+        return out
+
+
+def _setting_field(spec: SweepSpec, name: str, varied: dict[str, Any], source: str) -> str:
+    """Where a child's bad field was given: ``grid.beta[2]``, ``overrides.1.beta`` or ``base.beta``."""
+    field = name.split(".", 1)[0]
+    if source == "grid" and field in spec.grid:
+        return f"grid.{field}[{spec.grid[field].index(varied[field])}]"
+    if source.startswith("overrides.") and field in varied:
+        return f"{source}.{name}"
+    if source == "grid" and field not in spec.base:  # e.g. a field the grid's model does not have
+        return f"grid ({', '.join(f'{k}={v!r}' for k, v in varied.items())}): {name}"
+    return f"base.{name}"
 
 
 def latent_width_problem(points: list[list[float]] | None, latent_dim: int) -> str | None:
