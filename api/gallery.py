@@ -23,10 +23,12 @@ from api.errors import Problem
 from api.jobs import page_arguments
 from api.schemas import job_out
 from api.scorecards import compare_rows, evaluations, scorecard_view, sort_choices
+from api.sweeps import sweep_view
 from shared.artifacts import HEADLINE_FIGURES, ArtifactKind, thumbnail_name
 from shared.db import JobState
 from shared.errors import JobConflict, LatentForgeError, SpecError
 from shared.kinds import KINDS, JobKind, form_fields, get_kind
+from shared.service import PAGE_MAX
 from shared.specs import SEED_PRESET
 
 bp = Blueprint("gallery", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
@@ -213,9 +215,16 @@ def render_run(job_id: str, errors: list[dict[str, str]] | None = None, status: 
     downloads = [a for a in job["artifacts"] if a["kind"] not in shown]
     model_spec = parent["spec"] if job["kind"] == "evaluate" and parent else job["spec"]
     scorecard = scorecard_view(job, evaluations(children) if job["kind"] == "train" else [], model_spec)
+    sweep = None
+    if job["kind"] == "sweep":
+        sort = request.args.get("sort") or None
+        ranked = jobs.page(parent=job["id"], sort=sort, limit=PAGE_MAX, cursor=request.args.get("cursor") or None)
+        sweep = sweep_view(job, [job_out(j, API_PREFIX, history=False) for j in ranked.items], sort)
+        sweep.update(sort=sort, next_cursor=ranked.next_cursor, rows_json=json.dumps(sweep["rows"]),
+                     sort_choices=sort_choices(jobs.metric_names()))
     return render_template(
         "run.html", job=job, figures=figures_of(job), downloads=downloads, children=children, parent=parent,
-        thumbnail=thumbnail, explorable=is_2d_model(job), errors=errors or [], scorecard=scorecard,
+        thumbnail=thumbnail, explorable=is_2d_model(job), errors=errors or [], scorecard=scorecard, sweep=sweep,
         history_json=json.dumps(job["progress"].get("history", [])),
     ), status
 

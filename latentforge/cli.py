@@ -40,6 +40,18 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
     return fields
 
 
+def parse_grid(items: list[str]) -> dict[str, list[Any]]:
+    """``--grid beta=0.5,1,2`` and ``--grid model=ae,vae``: each value of a comma-separated list, or a JSON list."""
+    grid: dict[str, list[Any]] = {}
+    for text in items:
+        key, sep, raw = text.partition("=")
+        if not sep or not key.strip() or not raw.strip():
+            raise UsageError(f"--grid expects key=value,value,..., got {text!r}")
+        value = form_value(raw.strip())
+        grid[key.strip()] = value if isinstance(value, list) else [form_value(part.strip()) for part in raw.split(",")]
+    return grid
+
+
 # -- train (no queue, no database) --------------------------------------------------------
 
 
@@ -281,6 +293,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return submit_and_follow(args, "evaluate", {**parse_assignments(args.set), "model_job": args.model_job})
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    spec = {"base": parse_assignments(args.set), "grid": parse_grid(args.grid), "seeds": args.seeds,
+            "evaluate": not args.no_evaluate}
+    return submit_and_follow(args, "sweep", spec)
+
+
 def submit_and_follow(args: argparse.Namespace, kind: str, spec: dict[str, Any]) -> int:
     body: dict[str, Any] = {"kind": kind, "spec": spec, "tags": args.tag}
     if args.name:
@@ -299,6 +317,10 @@ def submit_and_follow(args: argparse.Namespace, kind: str, spec: dict[str, Any])
         return 1
     if final["kind"] == "evaluate":
         print_scorecard(final)
+    if final["kind"] == "sweep":
+        progress = final["progress"]
+        print(f"  children: {progress['children']}; evaluations: {progress['follow_ups']}")
+        print(f"  ranked: latentforge jobs list --parent {final['id']} --sort -metrics.knn_accuracy")
     for artifact in final["artifacts"]:
         print(f"  {artifact['name']:<34} {artifact['size']:>10,} B  {artifact['url']}")
     return 0
@@ -321,7 +343,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.action == "list":
         query = "&".join(f"{k}={v}" for k, v in (("kind", args.kind), ("state", args.state), ("limit", args.limit),
-                                                   ("sort", args.sort)) if v)
+                                                   ("sort", args.sort), ("parent", args.parent)) if v)
         page = client.get(f"/jobs?{query}")
         for job in page["items"]:
             progress = job.get("progress") or {}
@@ -410,6 +432,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "follow progress, then print the scorecard")
     evaluate.set_defaults(handler=cmd_evaluate)
 
+    sweep = sub.add_parser("sweep", help="queue train jobs over a grid of settings (each evaluated), as one sweep")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                       help="a train field and its values, e.g. --grid beta=0.5,1,2,4,8 --grid model=vae,beta_vae")
+    sweep.add_argument("--seeds", type=int, default=1, help="runs of every setting, seeds base seed + 0, 1, ...")
+    sweep.add_argument("--no-evaluate", action="store_true", help="do not evaluate each child when it succeeds")
+    add_submit_options(sweep, "a base train field every child shares, e.g. --set model=vae --set epochs=10",
+                       "one progress bar for the whole sweep until every child (and evaluation) ends")
+    sweep.set_defaults(handler=cmd_sweep)
+
     health = sub.add_parser("health", help="exit 0 when the API (or, with --worker, this host's worker) is healthy")
     health.add_argument("--worker", action="store_true", help="check this host's worker heartbeat in the database")
     health.add_argument("--url")
@@ -421,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--kind", choices=list(KINDS))
     jobs.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
     jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--parent", help="only the children of this job (a sweep's train jobs, a model's evaluations)")
     jobs.add_argument("--sort", help="-created (default), created, or [-]metrics.<name>, e.g. -metrics.knn_accuracy")
     jobs.add_argument("--url")
     jobs.set_defaults(handler=cmd_jobs)

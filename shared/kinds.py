@@ -191,7 +191,8 @@ def _sweep_children(spec: SweepSpec) -> list[Child]:
 
 
 def _sweep_evaluation(spec: Mapping[str, Any], child_id: str) -> list[tuple[str, dict[str, Any]]]:
-    return [("evaluate", {"model_job": child_id})] if spec.get("evaluate", True) else []
+    evaluation = SweepSpec.model_construct(**spec).evaluation(child_id)  # stored specs were validated on submit
+    return [("evaluate", evaluation)] if evaluation is not None else []
 
 
 SWEEP_QUEUE = "none"  # a fan-out job is never published: no worker claims it

@@ -291,7 +291,9 @@ class SweepSpec(Spec):
         default_factory=dict, description="train field -> values; every combination is a child")
     overrides: Annotated[list[dict[str, Any]], Field(max_length=MAX_SWEEP_CHILDREN)] = Field(
         default_factory=list, description="more children, each the base with these fields (after the grid's)")
-    evaluate: bool = Field(default=True, description="queue each child's evaluate job as soon as it succeeds")
+    evaluate: bool | dict[str, Any] = Field(
+        default=True, description="queue each child's evaluate job as soon as it succeeds; an object of evaluate"
+                                  " fields (limit, properties, split, seed) sets them")
     seeds: Annotated[StrictInt, Field(ge=1, le=100)] = Field(
         default=1, description="runs of every setting, with seeds base.seed, base.seed + 1, ...")
 
@@ -308,7 +310,20 @@ class SweepSpec(Spec):
         grid = math.prod(len(v) for v in self.grid.values()) if self.grid else 0
         return max(1, grid + len(self.overrides)) * self.seeds
 
+    def evaluation(self, child_id: str) -> dict[str, Any] | None:
+        """The spec of a child's evaluation, or None when the sweep does not evaluate."""
+        if self.evaluate is False:
+            return None
+        return {**(self.evaluate if isinstance(self.evaluate, dict) else {}), "model_job": child_id}
+
     def problems(self) -> list[tuple[str, str]]:
+        if isinstance(self.evaluate, dict):
+            if "model_job" in self.evaluate:
+                return [("evaluate.model_job", "is each child; leave it out")]
+            try:
+                EvaluateSpec.from_dict(self.evaluation(str(uuid.UUID(int=0))))
+            except SpecError as exc:
+                return exc.prefixed("evaluate.").errors
         if self.size() > MAX_SWEEP_CHILDREN:
             return [("grid", f"makes {self.size():,} children (settings x seeds); at most {MAX_SWEEP_CHILDREN:,}")]
         try:
