@@ -147,8 +147,13 @@ MODEL_CHOICES = [("ae", "ae: autoencoder (seed)"), ("vae", "vae: variational AE"
 def generic_fields(kind: JobKind) -> list[dict[str, str]]:
     """A form for a kind without a template of its own: one text field per spec field, with its default."""
     parent_field = kind.parent.field if kind.parent else None
-    return [{"name": name, "default": "" if info.default is None else json.dumps(info.default).strip('"')}
-            for name, info in kind.spec.model_fields.items() if name != parent_field]
+    fields = []
+    for name, info in kind.spec.model_fields.items():
+        if name == parent_field:
+            continue
+        default = info.get_default(call_default_factory=True)  # {} and [] for a sweep's grid and overrides
+        fields.append({"name": name, "default": "" if default is None else json.dumps(default).strip('"')})
+    return fields
 
 
 def problems_of(exc: LatentForgeError) -> list[dict[str, str]]:

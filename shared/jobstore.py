@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, literal, select, union_all, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
@@ -37,6 +37,14 @@ log = logging.getLogger(__name__)
 
 PUBLISH_GRACE_S = 5.0  # the API marks a job published within milliseconds of committing it
 ID_CHUNK = 500  # ids per IN (...) list
+
+
+_CHILD, _FOLLOW_UP = aliased(Job), aliased(Job)  # made once: an alias copies every column
+
+
+def _is_group(kind: str | None) -> bool:
+    """A kind whose jobs are groups of others (a sweep): their state follows their children's."""
+    return kind in KINDS and KINDS[kind].fan_out is not None
 
 
 def _group_progress(total: int, children: dict[str, int], follow_ups: dict[str, int]) -> dict[str, Any]:
@@ -94,6 +102,7 @@ class JobStore:
         self.sessions = sessions
         self._send = publish
         self.max_attempts = max_attempts
+        self._groups: dict[str, str | None] = {}  # parent id -> the group its children count in (see _group_of)
 
     # -- submitting -----------------------------------------------------------------
 
@@ -206,6 +215,7 @@ class JobStore:
         artifacts: Iterable[ArtifactRecord] = (),
         metrics: dict[str, float] | None = None,
         parent_scope: Iterable[str] = (),
+        progress: dict[str, Any] | None = None,
     ) -> bool:
         """End the attempt and publish its artifacts and metrics in one transaction; False if it lost the job.
 
@@ -216,14 +226,21 @@ class JobStore:
         """
         with self.sessions.begin() as s:
             values: dict[str, Any] = _changed(state=state.value, finished_at=utcnow(), checkpoint=None)
+            if progress is not None:  # a runner's summary, recorded with its end
+                values["progress"] = progress
             if error is not None:
                 values.update(error_type=error[0], error_message=error[1])
             if not s.execute(self._fenced(claim).values(**values)).rowcount:
                 return False
             for record in artifacts:
                 s.add(Artifact(job_id=claim.job_id, **record.__dict__))
-            follow_ups = self._queue_follow_ups(s, claim) if state is JobState.SUCCEEDED else []
-            self._tally(s, claim.parent_id)
+            follow_ups: list[tuple[str, str]] = []
+
+            def queue_follow_ups(group: Any) -> None:
+                if state is JobState.SUCCEEDED and self._group_of(s, claim.parent_id) == claim.parent_id:
+                    follow_ups.extend(self._queue_follow_ups(s, claim, group))
+
+            self._tally(s, claim.parent_id, queue_follow_ups)
             if metrics:
                 self._record_metrics(s, claim.job_id, claim.job_id, metrics, metrics)
             scope = list(parent_scope)
@@ -233,11 +250,8 @@ class JobStore:
             self.publish_many(follow_ups)
         return True
 
-    def _queue_follow_ups(self, s: Session, claim: Claim) -> list[tuple[str, str]]:
+    def _queue_follow_ups(self, s: Session, claim: Claim, group: Any) -> list[tuple[str, str]]:
         """The jobs a group asks for when one of its children succeeds (a sweep: the child's evaluation)."""
-        if claim.parent_id is None:
-            return []
-        group = s.execute(select(Job.kind, Job.spec, Job.cancel_requested).where(Job.id == claim.parent_id)).one()
         kind = KINDS.get(group.kind)
         if kind is None or kind.follow_up is None or group.cancel_requested:
             return []
@@ -254,33 +268,48 @@ class JobStore:
 
     # -- groups (sweeps): state and counts follow the children --------------------------------
 
-    def _tally(self, s: Session, parent_id: str | None) -> None:
-        """After a job changed state: recount the group it belongs to (its parent, or for a follow-up its
-        parent's parent), in the same transaction."""
-        for _ in range(2):
-            if parent_id is None:
-                return
+    def _group_of(self, s: Session, parent_id: str | None) -> str | None:
+        """The group a job with this parent belongs to: the parent, or for a follow-up the parent's parent.
+        Kinds and parents never change, so the answer is remembered (a sweep's children ask it 2,000 times)."""
+        if parent_id is None:
+            return None
+        if parent_id not in self._groups:
+            group = None
             row = s.execute(select(Job.kind, Job.parent_id).where(Job.id == parent_id)).one_or_none()
-            if row is None:
-                return
-            kind = KINDS.get(row.kind)
-            if kind is not None and kind.fan_out is not None:
-                self._recount(s, parent_id)
-                return
-            parent_id = row.parent_id
+            if row is not None and _is_group(row.kind):
+                group = parent_id
+            elif row is not None and row.parent_id is not None:
+                grand = s.execute(select(Job.kind).where(Job.id == row.parent_id)).scalar_one_or_none()
+                group = row.parent_id if _is_group(grand) else None
+            self._groups[parent_id] = group
+        return self._groups[parent_id]
 
-    def _recount(self, s: Session, group_id: str) -> None:
+    def _tally(self, s: Session, parent_id: str | None, before: Callable[[Any], None] | None = None) -> None:
+        """After a job changed state: recount the group it belongs to, in the same transaction. ``before`` gets
+        the locked group row first (to queue follow-ups that the count then includes)."""
+        group_id = self._group_of(s, parent_id)
+        if group_id is not None:
+            self._recount(s, group_id, before)
+
+    def _recount(self, s: Session, group_id: str, before: Callable[[Any], None] | None = None) -> None:
         # The group's row lock orders two workers finishing children at the same instant: the second counts
         # after the first has committed (PostgreSQL re-reads per statement; SQLite has one writer at a time).
-        group = s.execute(select(Job.cancel_requested, Job.state).where(Job.id == group_id).with_for_update()).one()
-        children = dict(s.execute(select(Job.state, func.count()).where(Job.parent_id == group_id)
-                                  .group_by(Job.state)).all())
-        child, follow = aliased(Job), aliased(Job)
-        follow_ups = dict(s.execute(select(follow.state, func.count()).join(child, follow.parent_id == child.id)
-                                    .where(child.parent_id == group_id).group_by(follow.state)).all())
+        group = s.execute(select(Job.kind, Job.spec, Job.cancel_requested, Job.state).where(Job.id == group_id)
+                          .with_for_update()).one()
+        if before is not None:
+            before(group)
+        child, follow = _CHILD, _FOLLOW_UP
+        counted = union_all(
+            select(literal("children"), Job.state, func.count()).where(Job.parent_id == group_id).group_by(Job.state),
+            select(literal("follow_ups"), follow.state, func.count()).join(child, follow.parent_id == child.id)
+            .where(child.parent_id == group_id).group_by(follow.state),
+        )
+        counts: dict[str, dict[str, int]] = {"children": {}, "follow_ups": {}}
+        for which, state, n in s.execute(counted):
+            counts[which][state] = n
+        children, follow_ups = counts["children"], counts["follow_ups"]
         live = (JobState.QUEUED.value, JobState.RUNNING.value)
-        unfinished = sum(n for st, n in children.items() if st in live) + sum(
-            n for st, n in follow_ups.items() if st in live)
+        unfinished = sum(n for st, n in (*children.items(), *follow_ups.items()) if st in live)
         values: dict[str, Any] = {"progress": _group_progress(sum(children.values()), children, follow_ups)}
         if unfinished:
             values["state"] = JobState.RUNNING.value

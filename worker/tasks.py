@@ -92,6 +92,7 @@ class JobWorker:
         self.store = JobStore(make_sessionmaker(self.engine), lambda job_id, queue: publish(self.app, job_id, queue),
                               settings.max_attempts)
         self.monitor = Monitor(self)
+        self._host_workers: tuple[int, float] | None = None  # (count, when asked): see workers_on_this_host
         self.app.task(name=TASK_NAME, ignore_result=True)(self.receive)
         signals.worker_ready.connect(self._on_ready, weak=False)
         signals.worker_shutting_down.connect(self._on_shutting_down, weak=False)
@@ -235,15 +236,23 @@ class JobWorker:
         elif claim.checkpoint and claim.checkpoint.get("torch_threads"):
             threads, why = int(claim.checkpoint["torch_threads"]), "as the attempt it resumes"
         else:
-            try:
-                workers_here = self.store.live_workers_on(self.host, self.settings.stale_after_seconds)
-            except SQLAlchemyError:
-                workers_here = 1
+            workers_here = self.workers_on_this_host()
             threads = max(1, cpus // max(1, workers_here))
             why = f"{cpus} CPUs, {workers_here} worker(s) on this host"
         torch.set_num_threads(threads)
         log.info("job %s: %d torch thread(s) (%s)", claim.job_id, threads, why)
         return threads
+
+    def workers_on_this_host(self) -> int:
+        """Live workers on this host, asked of the database at most once per heartbeat interval (a sweep's tiny
+        children would otherwise ask for every job)."""
+        now = time.monotonic()
+        if self._host_workers is None or now - self._host_workers[1] > self.settings.heartbeat_seconds:
+            try:
+                self._host_workers = (self.store.live_workers_on(self.host, self.settings.stale_after_seconds), now)
+            except SQLAlchemyError:
+                return 1
+        return self._host_workers[0]
 
     # -- running one job ------------------------------------------------------------------------
 
@@ -341,8 +350,6 @@ class JobWorker:
         hand_back_reason = "its worker shut down mid-epoch"
         try:
             output = self.run_claimed(claim, folder)
-            if output.summary is not None and not self.retrying(self.store.record_progress, claim, output.summary):
-                monitor.lost.set()
             artifacts = self.record_artifacts(folder, output.artifacts)
             outcome = "succeeded"
         except (AttemptLost, TrainingCancelled, HandBack) as stop:
@@ -378,10 +385,12 @@ class JobWorker:
                 state = JobState(outcome)
                 metrics = output.metrics if output is not None and state is JobState.SUCCEEDED else {}
                 scope = output.parent_scope if output is not None and state is JobState.SUCCEEDED else ()
+                summary = output.summary if output is not None and state is JobState.SUCCEEDED else None
                 if self.retrying(self.store.finish, claim, state, error=error, artifacts=artifacts, metrics=metrics,
-                                 parent_scope=scope):
+                                 parent_scope=scope, progress=summary):
                     log.info("job %s: %s", job_id, state.value)
-                    self.prune_attempt_folders(job_id)
+                    if any(f.name != folder.name for f in folder.parent.glob("run-*")):  # another attempt's files
+                        self.prune_attempt_folders(job_id)
                     return state
                 outcome = "lost"
         except SQLAlchemyError as exc:
