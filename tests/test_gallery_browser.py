@@ -278,6 +278,32 @@ def test_evaluate_from_the_run_page_then_rank_runs_by_a_scorecard_metric(stack, 
     assert top.nth(2).locator("[data-role=ranked-value]").inner_text() == "—"
 
 
+def test_a_sweep_page_charts_a_metric_against_what_it_varies(stack, page):
+    sweep = stack.submit("sweep", {"base": {"epochs": 1, "device": "cpu"}, "grid": {"lr": [0.001, 0.004]},
+                                   "seeds": 2, "evaluate": False}, name="lr sweep")
+    done = stack.wait_job(sweep["id"], timeout=240)
+    assert done["state"] == "succeeded" and done["progress"]["step"] == 4
+    page.goto(stack.url + f"/runs/{sweep['id']}?sort=metrics.test_loss")
+    rows = page.locator("#sweep-children tbody tr")
+    assert rows.count() == 4 and page.locator("#sweep-children tr.best").count() == 1
+    losses = [float(v) for v in page.locator("#sweep-children td[data-metric=test_loss]").all_inner_texts()]
+    assert losses == sorted(losses)
+    assert page.locator("#sweep-children tr").nth(1).get_attribute("class") == "best"  # ranked first
+    # Test loss against lr: one line of means over the two seeds, dashed lines at ± sd.
+    page.locator("[data-role=sweep-x]").select_option("lr")
+    paths = page.locator("#sweep-chart svg path")
+    assert paths.count() == 3 and paths.first.get_attribute("data-metric") == "test_loss"
+    # One line per seed instead: two lines, no spread to draw (one run each).
+    page.locator("[data-role=sweep-x]").select_option("lr")
+    page.locator("[data-role=sweep-group]").select_option("seed")
+    assert page.locator("#sweep-chart svg path").count() == 2
+    assert {p.get_attribute("data-group") for p in page.locator("#sweep-chart svg path").all()} == {"47", "48"}
+    shot(page, "sweep")
+    with page.expect_navigation():
+        page.locator("#compare-top").click()
+    assert page.locator("#compare-table thead th").count() == 5  # the top 4 side by side
+
+
 def test_names_render_as_text_never_as_markup(stack, page):
     hostile = '<script>alert("x")</script><img src=x onerror=alert(1)>'
     job = stack.submit("train", {"epochs": 1, "device": "cpu"}, name=hostile, tags=["<b>tag</b>"])

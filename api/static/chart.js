@@ -82,8 +82,9 @@ function markerShape(shape, x, y, colour) {
 // series: [{label, points: [[x, y], ...], colour?, dashed?, marker?, metric?, run?}]
 // opts: width, height, xLabel, yLabel, log (y axis), legend (draw the in-SVG legend; default true), emptyText.
 function drawChart(container, series, opts) {
+  // fractionalX: tick the x axis between integers too (epochs are whole; a swept lr is not).
   opts = Object.assign({ width: 760, height: 320, xLabel: "epoch", yLabel: "MSE loss", log: false, legend: true,
-    emptyText: "No epochs yet." }, opts || {});
+    emptyText: "No epochs yet.", fractionalX: false }, opts || {});
   const W = opts.width, H = opts.height, m = { l: 64, r: 16, t: 12, b: 44 };
   const usable = (p) => Number.isFinite(p[0]) && Number.isFinite(p[1]) && (!opts.log || p[1] > 0);
   series = series.map((s) => Object.assign({}, s, { points: s.points.filter(usable) }));
@@ -111,7 +112,7 @@ function drawChart(container, series, opts) {
     svg.appendChild(svgEl("line", { x1: m.l, x2: W - m.r, y1: sy(t), y2: sy(t), class: "grid" }));
     svg.appendChild(svgEl("text", { x: m.l - 6, y: sy(t) + 4, class: "tick", "text-anchor": "end" }, formatTick(t)));
   }
-  for (const t of niceTicks(x0, x1, 8).filter((t) => Number.isInteger(t))) {
+  for (const t of niceTicks(x0, x1, 8).filter((t) => opts.fractionalX || Number.isInteger(t))) {
     svg.appendChild(svgEl("text", { x: sx(t), y: H - m.b + 16, class: "tick", "text-anchor": "middle" }, String(t)));
   }
   svg.appendChild(svgEl("text", { x: (m.l + W - m.r) / 2, y: H - 6, class: "axis", "text-anchor": "middle" }, opts.xLabel));

@@ -49,7 +49,7 @@ document.addEventListener("DOMContentLoaded", () => {
     });
     const xLabel = numeric ? xKey : `${xKey} (${xValues.map((v, i) => `${i}=${typeof v === "string" ? v : key(v)}`).join(", ")})`;
     const svg = drawChart(chart, series, { xLabel, yLabel: metricSelect.selectedOptions[0].textContent,
-      emptyText: "No child has this number yet." });
+      emptyText: "No child has this number yet.", fractionalX: numeric });
     if (svg) {
       const paths = svg.querySelectorAll("path");
       series.filter((s) => s.points.length).forEach((s, i) => paths[i] && paths[i].setAttribute("data-group", s.group));
