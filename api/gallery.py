@@ -27,9 +27,10 @@ from api.sweeps import sweep_view
 from shared.artifacts import HEADLINE_FIGURES, ArtifactKind, thumbnail_name
 from shared.db import JobState
 from shared.errors import JobConflict, LatentForgeError, SpecError
-from shared.kinds import KINDS, JobKind, form_fields, get_kind
+from shared.kinds import KINDS, JobKind, form_fields, form_value, get_kind
 from shared.service import PAGE_MAX
 from shared.specs import SEED_PRESET
+from shared.study import study_spec
 
 bp = Blueprint("gallery", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
 
@@ -152,7 +153,8 @@ def generic_fields(kind: JobKind) -> list[dict[str, str]]:
         if name == parent_field:
             continue
         default = info.get_default(call_default_factory=True)  # {} and [] for a sweep's grid and overrides
-        fields.append({"name": name, "default": "" if default is None else json.dumps(default).strip('"')})
+        shown = "" if default is None or info.is_required() else json.dumps(default).strip('"')
+        fields.append({"name": name, "default": shown})
     return fields
 
 
@@ -223,10 +225,12 @@ def render_run(job_id: str, errors: list[dict[str, str]] | None = None, status: 
     sweep = None
     if job["kind"] == "sweep":
         sort = request.args.get("sort") or None
-        ranked = jobs.page(parent=job["id"], sort=sort, limit=PAGE_MAX, cursor=request.args.get("cursor") or None)
+        ranked = jobs.page(parent=job["id"], kind="train", sort=sort, limit=PAGE_MAX,
+                           cursor=request.args.get("cursor") or None)
         sweep = sweep_view(job, [job_out(j, API_PREFIX, history=False) for j in ranked.items], sort)
         sweep.update(sort=sort, next_cursor=ranked.next_cursor, rows_json=json.dumps(sweep["rows"]),
-                     sort_choices=sort_choices(jobs.metric_names()))
+                     sort_choices=sort_choices(jobs.metric_names()),
+                     report=next((c for c in children if c["kind"] == "study"), None))
     return render_template(
         "run.html", job=job, figures=figures_of(job), downloads=downloads, children=children, parent=parent,
         thumbnail=thumbnail, explorable=is_2d_model(job), errors=errors or [], scorecard=scorecard, sweep=sweep,
@@ -237,6 +241,20 @@ def render_run(job_id: str, errors: list[dict[str, str]] | None = None, status: 
 @bp.get("/runs/<job_id>")
 def run_page(job_id: str) -> Any:
     return render_run(job_id)
+
+
+@bp.post("/study")
+def start_study() -> Any:
+    """The runs page's Study button: the built-in study sweep (shared/study.py) with the epochs asked for."""
+    check_form()
+    raw = request.form.get("epochs", "").strip() or "50"
+    epochs = form_value(raw)
+    try:
+        job, _ = services().jobs.submit({"kind": "sweep", "name": f"study, {raw} epochs",
+                                         "spec": study_spec(epochs=epochs if isinstance(epochs, int) else raw)})
+    except LatentForgeError as exc:
+        return render_runs(errors=problems_of(exc), status=exc.status)
+    return redirect(url_for("gallery.run_page", job_id=job.id), code=303)
 
 
 @bp.post("/runs/<job_id>/cancel")

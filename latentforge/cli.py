@@ -299,6 +299,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return submit_and_follow(args, "sweep", spec)
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from shared.study import study_spec
+
+    evaluate = {"limit": args.evaluate_limit} if args.evaluate_limit else True
+    return submit_and_follow(args, "sweep", study_spec(epochs=args.epochs, seeds=args.seeds, evaluate=evaluate))
+
+
 def submit_and_follow(args: argparse.Namespace, kind: str, spec: dict[str, Any]) -> int:
     body: dict[str, Any] = {"kind": kind, "spec": spec, "tags": args.tag}
     if args.name:
@@ -321,6 +328,12 @@ def submit_and_follow(args: argparse.Namespace, kind: str, spec: dict[str, Any])
         progress = final["progress"]
         print(f"  children: {progress['children']}; evaluations: {progress['follow_ups']}")
         print(f"  ranked: latentforge jobs list --parent {final['id']} --sort -metrics.knn_accuracy")
+        client = _client(args)
+        for report in client.get(f"/jobs?parent={final['id']}&kind=study")["items"]:
+            for row in report["progress"].get("claims", []):
+                print(f"  {row['model']:<9} {row['claim']:<62} {row['verdict']}")
+            for artifact in report["artifacts"]:
+                print(f"  {artifact['name']:<34} {artifact['size']:>10,} B  {artifact['url']}")
     for artifact in final["artifacts"]:
         print(f"  {artifact['name']:<34} {artifact['size']:>10,} B  {artifact['url']}")
     return 0
@@ -370,8 +383,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------------------------
 
 
-def add_submit_options(parser: argparse.ArgumentParser, set_help: str, wait_help: str) -> None:
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+def add_submit_options(parser: argparse.ArgumentParser, set_help: str | None, wait_help: str) -> None:
+    if set_help:
+        parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     parser.add_argument("--name")
     parser.add_argument("--tag", action="append", default=[])
     parser.add_argument("--idempotency-key")
@@ -440,6 +454,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_submit_options(sweep, "a base train field every child shares, e.g. --set model=vae --set epochs=10",
                        "one progress bar for the whole sweep until every child (and evaluation) ends")
     sweep.set_defaults(handler=cmd_sweep)
+
+    study = sub.add_parser("study", help="the built-in study: every kind on MNIST z=2, z=10 and sprites z=10, a β"
+                                         " frontier, all evaluated, then the seed document's claims judged")
+    study.add_argument("--epochs", type=int, default=50, help="epochs of every run (the same for all)")
+    study.add_argument("--seeds", type=int, default=3)
+    study.add_argument("--evaluate-limit", type=int, help="images per evaluation (default 5000)")
+    add_submit_options(study, None, "one progress bar for the whole study, then the claims table")
+    study.set_defaults(handler=cmd_study)
 
     health = sub.add_parser("health", help="exit 0 when the API (or, with --worker, this host's worker) is healthy")
     health.add_argument("--worker", action="store_true", help="check this host's worker heartbeat in the database")

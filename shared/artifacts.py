@@ -50,6 +50,7 @@ CONTENT_TYPES = {
     ".json": "application/json",
     ".jsonl": "application/x-ndjson",
     ".npy": "application/x-npy",
+    ".md": "text/markdown",
     ".safetensors": "application/octet-stream",
 }
 

@@ -103,6 +103,7 @@ class JobStore:
         self._send = publish
         self.max_attempts = max_attempts
         self._groups: dict[str, str | None] = {}  # parent id -> the group its children count in (see _group_of)
+        self._reports: list[tuple[str, str]] = []  # report jobs queued by a recount, published after its commit
 
     # -- submitting -----------------------------------------------------------------
 
@@ -246,8 +247,9 @@ class JobStore:
             scope = list(parent_scope)
             if scope and claim.parent_id:
                 self._record_metrics(s, claim.parent_id, claim.job_id, metrics or {}, scope)
-        if follow_ups:
-            self.publish_many(follow_ups)
+        made, self._reports = self._reports, []
+        if follow_ups or made:
+            self.publish_many(follow_ups + made)
         return True
 
     def _queue_follow_ups(self, s: Session, claim: Claim, group: Any) -> list[tuple[str, str]]:
@@ -298,28 +300,59 @@ class JobStore:
                           .with_for_update()).one()
         if before is not None:
             before(group)
+        kind = KINDS[group.kind]
+        report_kind = kind.finale(group.spec) if kind.finale else None
         child, follow = _CHILD, _FOLLOW_UP
         counted = union_all(
-            select(literal("children"), Job.state, func.count()).where(Job.parent_id == group_id).group_by(Job.state),
+            select(Job.kind, Job.state, func.count()).where(Job.parent_id == group_id).group_by(Job.kind, Job.state),
             select(literal("follow_ups"), follow.state, func.count()).join(child, follow.parent_id == child.id)
             .where(child.parent_id == group_id).group_by(follow.state),
         )
-        counts: dict[str, dict[str, int]] = {"children": {}, "follow_ups": {}}
+        children: dict[str, int] = {}
+        follow_ups: dict[str, int] = {}
+        report: dict[str, int] = {}
         for which, state, n in s.execute(counted):
-            counts[which][state] = n
-        children, follow_ups = counts["children"], counts["follow_ups"]
+            counts = follow_ups if which == "follow_ups" else report if which == report_kind else children
+            counts[state] = counts.get(state, 0) + n
         live = (JobState.QUEUED.value, JobState.RUNNING.value)
         unfinished = sum(n for st, n in (*children.items(), *follow_ups.items()) if st in live)
-        values: dict[str, Any] = {"progress": _group_progress(sum(children.values()), children, follow_ups)}
+        if not unfinished and report_kind and not report and not group.cancel_requested:
+            self._queue_report(s, group_id, report_kind)
+            report = {JobState.QUEUED.value: 1}
+        unfinished += sum(n for st, n in report.items() if st in live)
+        progress = _group_progress(sum(children.values()), children, follow_ups)
+        if report_kind:
+            progress["report"] = report
+        values: dict[str, Any] = {"progress": progress}
         if unfinished:
             values["state"] = JobState.RUNNING.value
         else:
-            everything_succeeded = set(children) | set(follow_ups) <= {JobState.SUCCEEDED.value}
+            everything_succeeded = set(children) | set(follow_ups) | set(report) <= {JobState.SUCCEEDED.value}
             values["state"] = (JobState.CANCELLED.value if group.cancel_requested else
                                JobState.SUCCEEDED.value if everything_succeeded else JobState.FAILED.value)
             if group.state != values["state"]:
                 values["finished_at"] = utcnow()
         s.execute(update(Job).where(Job.id == group_id).values(**_changed(**values)))
+
+    def _queue_report(self, s: Session, group_id: str, report_kind: str) -> None:
+        """The group's report job, with every child's spec, state and numbers as this transaction sees them. It
+        is published by the reaper's pass over unpublished jobs (or at once by a finishing worker)."""
+        rows = s.execute(select(Job.id, Job.spec, Job.state).where(Job.parent_id == group_id, Job.kind != report_kind)
+                         .order_by(Job.created_at, Job.id)).all()
+        numbers: dict[str, dict[str, float]] = {row.id: {} for row in rows}
+        ids = list(numbers)
+        for start in range(0, len(ids), ID_CHUNK):
+            for job_id, name, value in s.execute(select(JobMetric.job_id, JobMetric.name, JobMetric.value)
+                                                 .where(JobMetric.job_id.in_(ids[start:start + ID_CHUNK]))):
+                numbers[job_id][name] = value
+        kind = get_kind(report_kind)
+        spec = kind.parse({"sweep_job": group_id, "runs": [
+            {"id": row.id, "spec": row.spec, "state": row.state, "metrics": numbers[row.id]} for row in rows]})
+        job = Job(kind=kind.name, spec=spec.to_dict(), parent_id=group_id, queue=kind.queue(spec), tags=[],
+                  max_attempts=self.max_attempts, name="study report")
+        s.add(job)
+        s.flush()
+        self._reports.append((job.id, job.queue))
 
     def cancel_group(self, group_id: str) -> str:
         """Cancel a group: every unfinished child and follow-up (queued ones at once, running ones asked to

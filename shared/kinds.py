@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 from shared.artifacts import ArtifactFile
 from shared.errors import SpecError
-from shared.specs import EmbedSpec, EvaluateSpec, SampleSpec, Spec, SweepSpec, TrainSpec, latent_width_problem
+from shared.specs import (EmbedSpec, EvaluateSpec, SampleSpec, Spec, StudySpec, SweepSpec, TrainSpec,
+                          latent_width_problem)
 
 
 @dataclass
@@ -91,6 +92,11 @@ class JobKind:
     # After a child succeeds: the follow-up jobs to queue in the same transaction, as (kind, spec) (a sweep's
     # evaluations); called with the group's stored spec (a dict: already validated) and the child's id.
     follow_up: Callable[[Mapping[str, Any], str], list[tuple[str, dict[str, Any]]]] | None = None
+    # When every child and follow-up of a group has ended: the kind of the report job to queue then (a study's
+    # claims table), from the group's stored spec; None for none. The report sees every child's numbers.
+    finale: Callable[[Mapping[str, Any]], str | None] | None = None
+    # Made only by the queue itself (a report): the API refuses it.
+    internal: bool = False
 
     def parse(self, data: Any) -> Spec:
         """The validated spec; errors name the fields as ``spec.<field>``."""
@@ -201,4 +207,9 @@ register(JobKind(
     name="sweep", spec=SweepSpec, runner=None,
     help="train jobs over a grid of one base spec, each evaluated; the sweep follows its children",
     queue=lambda spec: SWEEP_QUEUE, fan_out=_sweep_children, follow_up=_sweep_evaluation,
+    finale=lambda spec: spec.get("report"),
+))
+register(JobKind(
+    name="study", spec=StudySpec, runner="worker.study:run_study", internal=True,
+    help="the claims table of a study sweep (made by the sweep when its last child ends)",
 ))

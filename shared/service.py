@@ -101,6 +101,8 @@ class JobService:
             return existing, True
         request = JobCreate.parse(body)
         kind = get_kind(request.kind)
+        if kind.internal:
+            raise SpecError([("kind", f"{kind.name} jobs are made by the queue itself ({kind.help}), not submitted")])
         spec = kind.parse(request.spec)
         parent_id = self._check_parent(kind, spec)
         fields = dict(kind=kind.name, spec=spec.to_dict(), name=request.name, tags=request.tags, parent_id=parent_id,

@@ -296,6 +296,9 @@ class SweepSpec(Spec):
                                   " fields (limit, properties, split, seed) sets them")
     seeds: Annotated[StrictInt, Field(ge=1, le=100)] = Field(
         default=1, description="runs of every setting, with seeds base.seed, base.seed + 1, ...")
+    report: Literal["study"] | None = Field(
+        default=None, description="study: when every child and evaluation has ended, a report job checks the seed"
+                                  " document's claims against their numbers (study.md, study.json)")
 
     def settings(self) -> list[tuple[dict[str, Any], str]]:
         """Every setting before seeds: (the fields it varies, where they come from for error messages)."""
@@ -348,6 +351,19 @@ class SweepSpec(Spec):
                 fields = {**varied, **({"seed": varied.get("seed", first_seed) + k} if self.seeds > 1 else {})}
                 out.append((TrainSpec.from_dict({**self.base, **fields}), fields))
         return out
+
+
+class StudySpec(Spec):
+    """The claims report of a study sweep, made by the sweep when its last child or evaluation ends."""
+
+    sweep_job: str = Field(description="the sweep this reports on")
+    runs: Annotated[list[dict[str, Any]], Field(max_length=MAX_SWEEP_CHILDREN)] = Field(
+        default_factory=list, description="each child: {id, spec, metrics}, as the sweep's last transaction saw it")
+
+    @field_validator("sweep_job", mode="before")
+    @classmethod
+    def _check_id(cls, value: Any) -> str:
+        return _job_id(value)
 
 
 def _setting_field(spec: SweepSpec, name: str, varied: dict[str, Any], source: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 CORE_MODULES = ["worker.data", "worker.models", "worker.train", "worker.figures", "worker.checkpoint",
                 "worker.pipeline", "worker.runners", "worker.files", "worker.samplers", "worker.scorecard.metrics",
-                "worker.scorecard.judge", "worker.scorecard.figures", "worker.scorecard.evaluate"]
+                "worker.scorecard.judge", "worker.scorecard.figures", "worker.scorecard.evaluate", "worker.study"]
 FORBIDDEN_IN_CORE = ["flask", "celery", "sqlalchemy", "kombu", "redis"]
 
 

@@ -304,6 +304,26 @@ def test_a_sweep_page_charts_a_metric_against_what_it_varies(stack, page):
     assert page.locator("#compare-table thead th").count() == 5  # the top 4 side by side
 
 
+def test_the_study_button_queues_the_built_in_study(stack, page):
+    page.goto(stack.url + "/")
+    page.locator("#study-form [name=epochs]").fill("0")
+    page.locator("#study-button").click()
+    page.wait_for_load_state()
+    assert "spec.base.epochs" in page.locator("body").inner_text()
+    page.console.problems.clear()  # the page of the refused form comes with its 422
+    page.goto(stack.url + "/")
+    page.locator("#study-form [name=epochs]").fill("1")
+    with page.expect_navigation():
+        page.locator("#study-button").click()
+    sweep_id = page.url.rsplit("/", 1)[1]
+    sweep = stack.job(sweep_id)
+    assert sweep["kind"] == "sweep" and sweep["spec"]["report"] == "study" and sweep["progress"]["steps"] == 51
+    assert "The claims table appears when every child and evaluation has ended" in page.locator("#sweep").inner_text()
+    assert stack.post(f"/jobs/{sweep_id}/cancel").status_code == 202  # 51 trainings are not this test's business
+    done = stack.wait_job(sweep_id, timeout=120)
+    assert done["state"] == "cancelled" and "report" not in done["progress"] or done["progress"]["report"] == {}
+
+
 def test_names_render_as_text_never_as_markup(stack, page):
     hostile = '<script>alert("x")</script><img src=x onerror=alert(1)>'
     job = stack.submit("train", {"epochs": 1, "device": "cpu"}, name=hostile, tags=["<b>tag</b>"])
