@@ -71,6 +71,14 @@ def _compare(runs: Runs, settings: tuple[Setting, ...], metric: str, model: str,
 SPRITES = (("sprites", 10),)
 
 
+def _both(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Two comparisons that must hold together, setting by setting (only where both could be made)."""
+    by_setting = {e["setting"]: e for e in second}
+    return [{"setting": e["setting"], "holds": e["holds"] and by_setting[e["setting"]]["holds"],
+             "numbers": {**e["numbers"], **by_setting[e["setting"]]["numbers"]}}
+            for e in first if e["setting"] in by_setting]
+
+
 def _frontier(runs: Runs) -> list[dict[str, Any]]:
     points = []
     for (model, dataset, latent_dim, beta), _ in sorted(runs.groups.items(), key=lambda kv: kv[0][3] or 0):
@@ -105,13 +113,14 @@ TESTS: dict[tuple[str, str], Callable[[Runs], list[dict[str, Any]]]] = {
     ("vae", "continuous latent space"):
         lambda r: _compare(r, SETTINGS, "path_max_step_ratio", "vae", ("ae",), "lower"),
     ("vae", "Gaussian prior for proper sampling, better generation"):
-        lambda r: [a for a in _compare(r, SETTINGS, "judge_score", "vae", ("ae",), "higher",
-                                       other_metric="judge_score_normal")],
+        lambda r: _both(_compare(r, SETTINGS, "judge_score", "vae", ("ae",), "higher", "judge_score_normal"),
+                        _compare(r, SETTINGS, "frechet_distance", "vae", ("ae",), "lower", "frechet_distance_normal")),
     ("beta_vae", "enhanced disentanglement"):
         lambda r: _compare(r, SPRITES, "mig", "beta_vae", ("vae",), "higher"),
     ("beta_vae", "trade-off between reconstruction and independence"): _frontier,
     ("aae", "better distribution matching, more realistic generation"):
-        lambda r: _compare(r, SETTINGS, "frechet_distance", "aae", ("vae",), "lower"),
+        lambda r: _both(_compare(r, SETTINGS, "frechet_distance", "aae", ("vae",), "lower"),
+                        _compare(r, SETTINGS, "judge_score", "aae", ("vae",), "higher")),
     ("aae", "improved structure"):
         lambda r: _compare(r, SETTINGS, "trustworthiness", "aae", ("vae",), "higher"),
 }
