@@ -51,7 +51,9 @@ def sweep_view(job: dict[str, Any], children: list[dict[str, Any]], sort: str | 
                      and METRICS[highlight].direction == "higher")
     rows = [{"id": c["id"], "params": {k: c["spec"].get(k) for k in keys}, "metrics": c["metrics"],
              "state": c["state"]} for c in children]
-    return {"varied": keys, "columns": columns, "labels": {c: label(c) for c in columns}, "best": best,
+    charted = columns + sorted({name for c in children for name in c["metrics"]} - set(columns))
+    return {"varied": keys, "columns": columns, "charted": charted, "labels": {c: label(c) for c in charted},
+            "best": best,
             "highlight": highlight, "top": [c["id"] for c in ranking[:TOP_K]], "rows": rows}
 
 
