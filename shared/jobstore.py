@@ -235,18 +235,19 @@ class JobStore:
                 return False
             for record in artifacts:
                 s.add(Artifact(job_id=claim.job_id, **record.__dict__))
+            if metrics:
+                self._record_metrics(s, claim.job_id, claim.job_id, metrics, metrics)
+            scope = list(parent_scope)
+            if scope and claim.parent_id:
+                self._record_metrics(s, claim.parent_id, claim.job_id, metrics or {}, scope)
             follow_ups: list[tuple[str, str]] = []
 
             def queue_follow_ups(group: Any) -> None:
                 if state is JobState.SUCCEEDED and self._group_of(s, claim.parent_id) == claim.parent_id:
                     follow_ups.extend(self._queue_follow_ups(s, claim, group))
 
+            # Last: a group's report, queued by the recount when this was its last job, sees the numbers above.
             self._tally(s, claim.parent_id, queue_follow_ups)
-            if metrics:
-                self._record_metrics(s, claim.job_id, claim.job_id, metrics, metrics)
-            scope = list(parent_scope)
-            if scope and claim.parent_id:
-                self._record_metrics(s, claim.parent_id, claim.job_id, metrics or {}, scope)
         made, self._reports = self._reports, []
         if follow_ups or made:
             self.publish_many(follow_ups + made)

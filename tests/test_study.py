@@ -96,6 +96,19 @@ def test_a_study_sweep_queues_its_report_with_every_childs_numbers(env, tmp_path
     assert done.progress["children"] == {"succeeded": 2}  # the report is not counted as a child
 
 
+def test_the_report_sees_the_numbers_of_the_evaluation_that_ended_last(env):  # noqa: F811
+    service, store, _, _ = env
+    spec = {"base": {"epochs": 1}, "evaluate": {"properties": ["separation"]}, "report": "study"}
+    sweep, _ = service.submit({"kind": "sweep", "spec": spec})
+    (child,) = service.children(sweep.id)
+    run(store, child.id)
+    (evaluation,) = service.children(child.id)
+    claim = store.claim(evaluation.id, "w:1")
+    assert store.finish(claim, JobState.SUCCEEDED, metrics={"knn_accuracy": 0.7}, parent_scope=("knn_accuracy",))
+    (report,) = [j for j in service.children(sweep.id) if j.kind == "study"]
+    assert report.spec["runs"][0]["metrics"] == {"knn_accuracy": 0.7}
+
+
 def test_reports_are_made_by_the_queue_not_submitted(env):  # noqa: F811
     service, *_ = env
     from shared.errors import SpecError
