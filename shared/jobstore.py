@@ -379,11 +379,17 @@ class JobStore:
     def _record_metrics(s: Session, job_id: str, source_id: str, metrics: dict[str, float], scope: Iterable[str]
                         ) -> None:
         stale = delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.name.in_(list(scope)))
+        own: set[str] = set()
         if job_id != source_id:
-            stale = stale.where(JobMetric.source_id != job_id)  # a parent's own numbers stay
+            # A parent's own numbers stay, and win over a child's of the same name (a VAE's final test_mse,
+            # over the whole test split, against its scorecard's test_mse on a sample of it).
+            stale = stale.where(JobMetric.source_id != job_id)
+            own = set(s.scalars(select(JobMetric.name).where(JobMetric.job_id == job_id,
+                                                             JobMetric.source_id == job_id,
+                                                             JobMetric.name.in_(list(metrics)))))
         s.execute(stale)
         s.add_all(JobMetric(job_id=job_id, name=name, value=float(value), source_id=source_id)
-                  for name, value in metrics.items())
+                  for name, value in metrics.items() if name not in own)
 
     def hand_back(self, claim: Claim, reason: str) -> bool:
         """Return a running job to the queue at once, without spending an attempt (warm shutdown)."""

@@ -177,3 +177,18 @@ def test_two_workers_finishing_children_at_once_keep_the_counts_exact(tmp_path):
         final = service.get(sweep.id)
         assert final.state == "succeeded" and final.progress["children"] == {"succeeded": 40}
         assert final.progress["step"] == 40
+
+
+def test_a_models_own_number_wins_over_its_evaluations_of_the_same_name(env):
+    """A VAE records its final test_mse; its scorecard has a test_mse too (on a sample of the split)."""
+    service, store, _, _ = env
+    model, _ = service.submit({"kind": "train", "spec": {"model": "vae", "epochs": 1}})
+    claim = store.claim(model.id, "w:1")
+    assert store.finish(claim, JobState.SUCCEEDED, metrics={"test_mse": 0.04, "test_loss": 150.0})
+    evaluation, _ = service.submit({"kind": "evaluate", "spec": {"model_job": model.id}})
+    claim = store.claim(evaluation.id, "w:1")
+    assert store.finish(claim, JobState.SUCCEEDED, metrics={"test_mse": 0.05, "knn_accuracy": 0.6},
+                        parent_scope=("test_mse", "knn_accuracy"))
+    assert {m.name: m.value for m in service.get(model.id).metrics} == {
+        "test_mse": 0.04, "test_loss": 150.0, "knn_accuracy": 0.6}
+    assert {m.name: m.value for m in service.get(evaluation.id).metrics} == {"test_mse": 0.05, "knn_accuracy": 0.6}

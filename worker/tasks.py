@@ -394,7 +394,17 @@ class JobWorker:
                     return state
                 outcome = "lost"
         except SQLAlchemyError as exc:
-            log.error("job %s: could not record its end (%s); the reaper requeues it", job_id, type(exc).__name__)
+            if is_transient_db_error(exc) or outcome != "succeeded":
+                log.error("job %s: could not record its end (%s); the reaper requeues it", job_id, type(exc).__name__)
+                return None
+            # The database refused what the job produced (a bug, not an outage): running it again would only
+            # be refused again, so the job fails with the reason instead of going round until its attempts run out.
+            log.exception("job %s: its result could not be recorded", job_id)
+            try:
+                if self.store.finish(claim, JobState.FAILED, error=error_for_user(exc, self.settings)):
+                    return JobState.FAILED
+            except SQLAlchemyError:
+                log.error("job %s: could not record its failure either; the reaper requeues it", job_id)
             return None
         if outcome == "lost":
             log.warning("job %s: attempt %d lost the job before finishing; its result is discarded", job_id,
