@@ -258,6 +258,8 @@ class JobStore:
         kind = KINDS.get(group.kind)
         if kind is None or kind.follow_up is None or group.cancel_requested:
             return []
+        if kind.finale is not None and claim.kind == kind.finale(group.spec):
+            return []  # the group's report is not one of its children to follow up
         made = []
         for follow_kind, fields in kind.follow_up(group.spec, claim.job_id):
             follow = get_kind(follow_kind)

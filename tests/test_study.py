@@ -73,16 +73,19 @@ def test_verdicts_follow_the_numbers_setting_by_setting():
 
 def test_a_study_sweep_queues_its_report_with_every_childs_numbers(env, tmp_path):  # noqa: F811
     service, store, _, messages = env
-    spec = {"base": {"epochs": 1, "model": "vae"}, "grid": {"beta": [1, 4]}, "evaluate": False, "report": "study"}
+    spec = {"base": {"epochs": 1, "model": "vae"}, "grid": {"beta": [1, 4]}, "evaluate": True, "report": "study"}
     sweep, _ = service.submit({"kind": "sweep", "spec": spec})
     first, second = service.children(sweep.id)
     claim = store.claim(first.id, "w:1")
     assert store.finish(claim, JobState.SUCCEEDED, metrics={"test_mse": 0.02, "mig": 0.1})
     assert service.children(sweep.id)[-1].kind == "train"  # no report while a child is unfinished
     run(store, second.id)
+    for child in (first, second):
+        assert [j for j in service.children(sweep.id) if j.kind == "study"] == []  # an evaluation is still queued
+        run(store, service.children(child.id)[0].id)
     report = [j for j in service.children(sweep.id) if j.kind == "study"]
     assert len(report) == 1 and report[0].state == "queued" and report[0].published_at is not None
-    assert messages() == 3 and service.get(sweep.id).state == "running"  # until the report ends
+    assert messages() == 5 and service.get(sweep.id).state == "running"  # until the report ends
     runs = report[0].spec["runs"]
     assert [(r["spec"]["beta"], r["state"], r["metrics"]) for r in runs] == [
         (1.0, "succeeded", {"test_mse": 0.02, "mig": 0.1}), (4.0, "succeeded", {})]
@@ -91,6 +94,7 @@ def test_a_study_sweep_queues_its_report_with_every_childs_numbers(env, tmp_path
     assert json.loads((tmp_path / "study.json").read_text())["runs"] == 2
     assert "| vae | continuous latent space |" in (tmp_path / "study.md").read_text()
     run(store, report[0].id)
+    assert service.children(report[0].id) == []  # a report is not a child to evaluate (the real study did once)
     done = service.get(sweep.id)
     assert done.state == "succeeded" and done.progress["report"] == {"succeeded": 1}
     assert done.progress["children"] == {"succeeded": 2}  # the report is not counted as a child
