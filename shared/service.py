@@ -1,10 +1,11 @@
 """The job service: submit, read, page, cancel, with no Flask in it.
 
-The JSON routes, the gallery and (next) a sweep that submits its children
-from a worker all go through it. It takes plain arguments, opens a short
-session per call (no request-scoped session held across a call), returns
-job rows with their artifacts loaded, and raises the errors of
-shared/errors.py, which each caller maps in one place.
+The JSON routes, the gallery and the CLI (through the API) all go through
+it; a sweep's children are made here too, with the sweep, in one
+transaction. It takes plain arguments, opens a short session per call (no
+request-scoped session held across a call), returns job rows with their
+artifacts and metrics loaded, and raises the errors of shared/errors.py,
+which each caller maps in one place.
 """
 
 from __future__ import annotations
