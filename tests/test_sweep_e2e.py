@@ -82,3 +82,19 @@ def test_cli_sweep_waits_with_one_progress_bar(stack):
                      "--no-evaluate", "--wait", "--url", stack.url, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "2/2 children finished" in done.stdout and "children: {'succeeded': 2}" in done.stdout
+
+
+def test_two_workers_finishing_many_tiny_children_keep_the_counts_exact(stack_factory):
+    """Sixty children that do nothing (bench/noop_kind.py), so the two workers finish them as fast as they
+    can, often at the same instant: every child runs once and the sweep's last count is exact."""
+    tiny = stack_factory("redis_pg", workers=2, env={"LATENTFORGE_PLUGINS": "bench.noop_kind"})
+    sweep = tiny.submit("noop_sweep", {"count": 60})
+    done = tiny.wait_job(sweep["id"], timeout=180)
+    assert done["state"] == "succeeded" and done["progress"]["children"] == {"succeeded": 60}
+    assert done["progress"]["step"] == done["progress"]["steps"] == 60
+    children = tiny.get(f"/jobs?parent={sweep['id']}&limit=200").json()["items"]
+    assert len(children) == 60 and {c["attempts"] for c in children} == {1}
+    assert len({c["worker"] for c in children}) == 2
+    logs = tiny.log("worker1") + tiny.log("worker2")
+    assert sorted(int(line.split("noop ")[1].split(" ran")[0]) for line in logs.splitlines()
+                  if " ran" in line and "noop " in line) == list(range(60))
