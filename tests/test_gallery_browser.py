@@ -268,7 +268,7 @@ def test_evaluate_from_the_run_page_then_rank_runs_by_a_scorecard_metric(stack, 
     page.goto(stack.url + "/")
     page.locator("select#sort").select_option("-metrics.knn_accuracy")
     with page.expect_navigation():
-        page.locator("form.filters button[type=submit]").click()
+        page.locator("#filter-form button[type=submit]").click()
     assert "sort=-metrics.knn_accuracy" in page.url
     # The only runs with the number: the evaluation and its model (which carries its scorecard), tied, newest first.
     top = page.locator("#runs tbody tr[data-job-id]")
