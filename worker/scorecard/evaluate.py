@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
@@ -83,6 +84,11 @@ class Inputs:
     def generator(self, salt: int) -> torch.Generator:
         return torch.Generator().manual_seed(int(self.rng(salt).integers(2**62)))
 
+    @cached_property
+    def probe(self):
+        """The linear probe fitted on the reference codes (class separation and feature invariance both use it)."""
+        return metrics.fit_linear_probe(self.codes_ref, self.reference.labels, seed=self.seed)
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.model.decode_mean(z)
 
@@ -90,13 +96,14 @@ class Inputs:
         return encode_all(self.model, images.reshape(len(images), -1), chunk=ENCODE_CHUNK)
 
 
+@dataclass
 class Measured:
     """One property's result as scorecard.json stores it."""
 
-    def __init__(self, name: str, values: dict[str, float], samples: dict[str, int],
-                 figure_names: list[str] = (), notes: dict[str, Any] | None = None):
-        self.name, self.values, self.samples = name, values, samples
-        self.figures, self.notes = list(figure_names), notes or {}
+    values: dict[str, float]
+    samples: dict[str, int]
+    figures: list[str] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 def evaluate_checkpoint(spec: EvaluateSpec, checkpoint: Path, folder: Path, *, data_dir: Path | None = None,
@@ -222,7 +229,7 @@ def compactness(inp: Inputs) -> Measured:
     test_mse = float(((recon - inp.x) ** 2).mean())
     dim = int(inp.codes.shape[1])
     pca_mse = metrics.pca_reconstruction_mse(inp.x_ref.numpy(), inp.x.numpy(), dim)
-    return Measured("compactness", {
+    return Measured({
         "test_mse": test_mse, "pca_mse": pca_mse, "pca_mse_ratio": test_mse / pca_mse if pca_mse > 0 else math.inf,
         "active_units": metrics.active_units(inp.codes), "effective_dimension": metrics.effective_dimension(inp.codes),
     }, {"measured": len(inp.x), "pca_fit": len(inp.x_ref)}, notes={"latent_dim": dim})
@@ -231,7 +238,7 @@ def compactness(inp: Inputs) -> Measured:
 def structure(inp: Inputs) -> Measured:
     found = metrics.neighbourhood_preservation(inp.x.numpy(), inp.codes, k=NEIGHBOURS)
     samples = {"points": int(found.pop("points", len(inp.x))), "k": NEIGHBOURS}
-    return Measured("structure", found, samples)
+    return Measured(found, samples)
 
 
 def disentanglement(inp: Inputs) -> Measured | str:
@@ -244,7 +251,7 @@ def disentanglement(inp: Inputs) -> Measured | str:
     dci = metrics.dci(inp.codes_ref, factors_ref, inp.codes, factors, seed=inp.seed)
     values.update({f"dci_{k}": v for k, v in dci.items()})
     values["sap"] = metrics.sap(inp.codes_ref, factors_ref, inp.codes, factors)
-    return Measured("disentanglement", values, {"measured": len(factors), "fit": len(factors_ref)},
+    return Measured(values, {"measured": len(factors), "fit": len(factors_ref)},
                     notes={"factors": [inp.measured.factor_names[j] for j in varied], "bins": 20})
 
 
@@ -257,7 +264,7 @@ def continuity(inp: Inputs) -> Measured:
     found = metrics.path_regularity(paths)
     values = {"path_max_step_ratio": found["max_step_ratio"], "path_energy_ratio": found["energy_ratio"]}
     figures.interpolation_paths(paths[:6].numpy(), inp.shape, inp.folder / INTERPOLATION_FIGURE)
-    return Measured("continuity", values, {"pairs": int(found["pairs"]), "steps": INTERPOLATION_STEPS,
+    return Measured(values, {"pairs": int(found["pairs"]), "steps": INTERPOLATION_STEPS,
                                            "degenerate_pairs": int(found.get("degenerate_pairs", 0))},
                     [INTERPOLATION_FIGURE])
 
@@ -279,7 +286,7 @@ def generative(inp: Inputs) -> Measured:
         values.update({f"{k}_normal": v for k, v in normal_values.items() if f"{k}_normal" in METRICS})
     figures.judged_samples(images[:40], probs[:40], inp.shape, inp.folder / JUDGED_FIGURE,
                            title=f"Samples from {drawn_from}, as the judge sees them")
-    return Measured("generative", values, {"draws": PRIOR_DRAWS, "real": len(inp.x), "floor_reference": len(inp.x_ref)},
+    return Measured(values, {"draws": PRIOR_DRAWS, "real": len(inp.x), "floor_reference": len(inp.x_ref)},
                     [JUDGED_FIGURE], notes={"drawn_from": drawn_from, "source": source, "judge": {
                         "dataset": judge.dataset, "classes": judge.n_classes, "test_accuracy": judge.test_accuracy,
                         "data_sha256": judge.data_sha256, "cached": judge.cached,
@@ -305,8 +312,8 @@ def _judged(inp: Inputs, judge: Judge, points: np.ndarray, real_features: np.nda
 
 def separation(inp: Inputs) -> Measured:
     labels, labels_ref = inp.measured.labels, inp.reference.labels
-    probe = metrics.fit_linear_probe(inp.codes_ref, labels_ref, seed=inp.seed)
-    return Measured("separation", {
+    probe = inp.probe
+    return Measured({
         "knn_accuracy": metrics.knn_accuracy(inp.codes_ref, labels_ref, inp.codes, labels, k=KNN),
         "probe_accuracy": metrics.probe_accuracy(probe, inp.codes, labels),
         "silhouette": metrics.silhouette(inp.codes, labels, seed=inp.seed),
@@ -315,8 +322,7 @@ def separation(inp: Inputs) -> Measured:
 
 def invariance(inp: Inputs) -> Measured:
     images = inp.x.reshape(-1, *inp.shape)
-    labels, labels_ref = inp.measured.labels, inp.reference.labels
-    probe = metrics.fit_linear_probe(inp.codes_ref, labels_ref, seed=inp.seed)
+    labels, probe = inp.measured.labels, inp.probe
     clean_accuracy = metrics.probe_accuracy(probe, inp.codes, labels)
     noisy = metrics.gaussian_noise(images, NOISE_SIGMA, inp.generator(7))
     noisy_codes = inp.encode(noisy)
@@ -329,7 +335,7 @@ def invariance(inp: Inputs) -> Measured:
     figures.perturbations(images[0].numpy(), [noisy[0].numpy(), *(s[0].numpy() for s in shifted)],
                           ["clean", f"noise σ={NOISE_SIGMA}", *(f"shift ({dx:+d}, {dy:+d})" for dx, dy in SHIFTS)],
                           inp.folder / INVARIANCE_FIGURE)
-    return Measured("invariance", {
+    return Measured({
         "code_shift": (noise_shift + translation_shift) / 2,
         "noise_shift": noise_shift,
         "translation_shift": translation_shift,
@@ -358,7 +364,7 @@ def smoothness(inp: Inputs) -> Measured:
     relative = codes_stats["p95"] * code_spread / image_spread if image_spread > 0 else math.inf
     figures.lipschitz_histogram(sigma_codes, sigma_prior, inp.folder / LIPSCHITZ_FIGURE,
                                 prior_label="prior draws" if source == "prior" else "mixture draws")
-    return Measured("smoothness", {
+    return Measured({
         "lipschitz_relative": relative,
         "lipschitz_median": codes_stats["median"], "lipschitz_p95": codes_stats["p95"],
         "lipschitz_prior_median": prior_stats["median"], "lipschitz_prior_p95": prior_stats["p95"],
