@@ -13,6 +13,7 @@ from api.streams import JobWatcher
 from shared.jobstore import JobStore
 from shared.service import JobService
 from shared.settings import Settings
+from shared.storage import ArtifactStore
 
 API_PREFIX = "/api/v1"
 
@@ -24,6 +25,7 @@ class Services:
     sessions: sessionmaker
     celery: Celery
     store: JobStore
+    artifacts: ArtifactStore
     jobs: JobService
     watcher: JobWatcher
 

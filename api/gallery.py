@@ -15,7 +15,7 @@ import json
 import secrets
 from typing import Any
 
-from flask import Blueprint, Response, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, Response, current_app, g, redirect, render_template, request, session, url_for
 
 from api.auth import can_write, safe_next, sign_in, signed_in
 from api.context import API_PREFIX, services
@@ -35,10 +35,16 @@ from shared.study import study_spec
 bp = Blueprint("gallery", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
 
 CSRF_COOKIE = "lf_csrf"
-CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
-    "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
+
+
+def content_security_policy(artifact_origin: str | None = None) -> str:
+    """Everything from this origin; images and fetches also from the object store when artifacts redirect there."""
+    extra = f" {artifact_origin}" if artifact_origin else ""
+    return (f"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:{extra};"
+            f" connect-src 'self'{extra}; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self';"
+            " frame-ancestors 'none'")
+
+
 MAX_COMPARE = 8
 THUMB_PREFERENCE = tuple(thumbnail_name(name) for name in HEADLINE_FIGURES)
 
@@ -61,7 +67,7 @@ def _template_globals() -> dict[str, Any]:
 
 @bp.after_app_request
 def _security_headers(response: Response) -> Response:
-    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("Content-Security-Policy", current_app.config["CSP"])
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "same-origin")
     response.headers.setdefault("X-Frame-Options", "DENY")

@@ -1,4 +1,4 @@
-"""GET /health: database, broker and workers; 503 when one of them is down."""
+"""GET /health: database, broker, artifact store and workers; 503 when one of them is down."""
 
 from __future__ import annotations
 
@@ -45,7 +45,12 @@ def health() -> Any:
             for w in live
         ]}
 
-    report = {"database": _probe(database), "broker": _probe(broker), "workers": _probe(workers)}
+    def artifact_store() -> dict[str, Any]:
+        svc.artifacts.check()
+        return {"store": svc.artifacts.description}
+
+    report = {"database": _probe(database), "broker": _probe(broker), "artifact_store": _probe(artifact_store),
+              "workers": _probe(workers)}
     healthy = all(part["ok"] for part in report.values())
     response = jsonify({"status": "ok" if healthy else "unavailable", **report})
     response.status_code = 200 if healthy else 503

@@ -6,18 +6,13 @@ the service's errors become problem documents in api/errors.py.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import re
-import threading
 import uuid
-from collections import OrderedDict
-from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, send_file
+from flask import Blueprint, Response, jsonify, request
 
 from api.context import API_PREFIX, services
 from api.errors import Problem
@@ -115,60 +110,3 @@ def many_job_events() -> Response:
         raise QueryError([("history", f"must be 0 or 1, got {history[:20]!r}")])
     return event_response(list(dict.fromkeys(job_ids)), history == "1")
 
-
-class VerifiedFiles:
-    """Files whose bytes were checked against their recorded sha256, keyed by what a rewrite would change.
-
-    A published file is never written again (each attempt writes its own
-    folder), so this is a last line of defence: a file whose bytes differ from
-    its record (a disk fault, a hand edit) is refused, never served under the
-    record's ETag and a year-long immutable cache.
-    """
-
-    def __init__(self, capacity: int = 4096):
-        self._known: OrderedDict[tuple, str] = OrderedDict()
-        self._capacity = capacity
-        self._lock = threading.Lock()
-
-    def sha256(self, path: Path, stat: os.stat_result) -> str:
-        key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-        with self._lock:
-            if key in self._known:
-                self._known.move_to_end(key)
-                return self._known[key]
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        value = digest.hexdigest()
-        with self._lock:
-            self._known[key] = value
-            while len(self._known) > self._capacity:
-                self._known.popitem(last=False)
-        return value
-
-
-verified_files = VerifiedFiles()
-
-
-@bp.get("/artifacts/<artifact_id>")
-def download_artifact(artifact_id: str) -> Response:
-    artifact = services().jobs.artifact(artifact_id)
-    root = services().settings.artifact_dir.resolve()
-    path = (root / artifact.path).resolve()
-    if not path.is_relative_to(root):
-        raise Problem(404, "Not Found", f"artifact {artifact_id} is not stored under the artifact root", slug="not-found")
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        stat = None
-    if stat is None or not path.is_file():
-        raise Problem(410, "Gone", f"the file of artifact {artifact_id} ({artifact.name}) is no longer stored", slug="gone")
-    if stat.st_size != artifact.size or verified_files.sha256(path, stat) != artifact.sha256:
-        log.error("artifact %s (%s): the stored file no longer matches its recorded sha256", artifact_id, artifact.path)
-        raise Problem(410, "Gone", f"the file of artifact {artifact_id} ({artifact.name}) no longer matches its"
-                      " recorded sha256 and is not served", slug="artifact-corrupt")
-    response = send_file(path, mimetype=artifact.content_type, etag=artifact.sha256, conditional=True,
-                         download_name=artifact.name.rsplit("/", 1)[-1], max_age=31536000)
-    response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
-    return response

@@ -104,17 +104,32 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
-def _require_current_schema() -> None:
+def cmd_store(args: argparse.Namespace) -> int:
+    from shared.storage import S3Store, open_store
+
+    store = open_store(load_settings())
+    if args.action == "init" and isinstance(store, S3Store) and store.create_bucket():
+        print(f"created bucket {store.bucket}")
+    store.check()
+    print(f"artifact store ready: {store.description}")
+    return 0
+
+
+def _preflight() -> None:
+    """Before a server or worker starts: the schema is current and the artifact store answers (one line if not)."""
     from shared.db import make_engine
     from shared.migrate import SchemaOutOfDate, check_schema
+    from shared.storage import open_store
 
-    engine = make_engine(load_settings().database_url)
+    settings = load_settings()
+    engine = make_engine(settings.database_url)
     try:
         check_schema(engine)
     except SchemaOutOfDate as exc:
         raise UsageError(str(exc)) from None
     finally:
         engine.dispose()  # no connection may outlive this check into a forked server
+    open_store(settings).check()  # a SettingsError: one line naming the setting
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -124,7 +139,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         check_bind(args.host, load_settings().api_token)
     except OpenBindWithoutToken as exc:
         raise UsageError(str(exc)) from None
-    _require_current_schema()
+    _preflight()
     serve(args.host, args.port, workers=args.workers, threads=args.threads, worker_class=args.worker_class)
     return 0
 
@@ -136,7 +151,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     unknown = set(queues.split(",")) - set(QUEUES)
     if not queues or unknown:
         raise UsageError(f"--queues: choose from gpu, cpu (got {args.queues!r})")
-    _require_current_schema()
+    _preflight()
     if not args.no_supervise:
         import logging
 
@@ -412,6 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
     database = sub.add_parser("db", help="database schema")
     database.add_argument("action", choices=["upgrade"], help="upgrade: apply every migration")
     database.set_defaults(handler=cmd_db_upgrade)
+
+    store = sub.add_parser("store", help="the artifact store (LATENTFORGE_ARTIFACT_URL)")
+    store.add_argument("action", choices=["check", "init"],
+                       help="check: exit 0 when it can be used; init: create its folder or bucket when missing")
+    store.set_defaults(handler=cmd_store)
 
     for name, helptext, default_port in (("api", "serve the HTTP API", 8000), ("up", "API and one worker on these settings", 8000)):
         role = sub.add_parser(name, help=helptext)

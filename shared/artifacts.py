@@ -33,6 +33,9 @@ DECODER_FILE = "decoder.safetensors"
 CODES_FILE = "latent_codes.safetensors"
 FIGURES_DIR = "figures"
 
+# What a job that works on a trained model reads of it (worker/checkpoint.py: load_model).
+CHECKPOINT_KINDS = (ArtifactKind.CONFIG.value, ArtifactKind.CHECKPOINT.value, ArtifactKind.METRICS.value)
+
 # Figures that stand for a run in lists (the first a run has), written by the train, embed, sample and
 # evaluate runners.
 SCATTER_FIGURE = "figures/latent_scatter.png"

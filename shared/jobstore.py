@@ -432,7 +432,19 @@ class JobStore:
 
     # -- attempts that ended without finishing -------------------------------------------
 
-    def _interrupt(self, s: Session, row: Any, reason: str, now: datetime, *extra_conditions: Any) -> str | None:
+    def give_up_attempt(self, claim: Claim, reason: str, error_type: str) -> str | None:
+        """End this attempt without a result (e.g. its artifact store stopped answering): the job is requeued
+        while attempts remain, else it fails with ``reason``. Returns what happened; None if it lost the job."""
+        with self.sessions() as s:
+            row = s.execute(select(Job.id, Job.lease, Job.attempts, Job.max_attempts, Job.cancel_requested, Job.queue)
+                            .where(Job.id == claim.job_id)).one()
+        if row.lease != claim.lease:
+            return None
+        counts = self._settle([row], lambda _row: reason, utcnow(), error_type=error_type)
+        return next((outcome for outcome, count in counts.items() if count and outcome != "republished"), None)
+
+    def _interrupt(self, s: Session, row: Any, reason: str, now: datetime, *extra_conditions: Any,
+                   error_type: str = "WorkerLost") -> str | None:
         """Requeue, fail or cancel one running attempt that will not finish; returns what happened."""
         job_id, lease, attempts, max_attempts, cancel = row
         if cancel:
@@ -443,7 +455,7 @@ class JobStore:
             outcome = "requeued"
         else:
             values = {"state": JobState.FAILED.value, "finished_at": now, "checkpoint": None,
-                      "error_type": "WorkerLost",
+                      "error_type": error_type,
                       "error_message": f"gave up after {attempts} attempts; the last one ended because {reason}"}
             outcome = "failed"
         done = s.execute(
@@ -456,12 +468,12 @@ class JobStore:
         return outcome if done else None
 
     def _settle(self, rows: Iterable[Any], reason_of: Callable[[Any], str], now: datetime,
-                *extra_conditions: Any) -> dict[str, int]:
+                *extra_conditions: Any, error_type: str = "WorkerLost") -> dict[str, int]:
         counts = {"requeued": 0, "failed": 0, "cancelled": 0, "republished": 0}
         requeued: list[tuple[str, str]] = []
         with self.sessions.begin() as s:
             for row in rows:
-                outcome = self._interrupt(s, row[:5], reason_of(row), now, *extra_conditions)
+                outcome = self._interrupt(s, row[:5], reason_of(row), now, *extra_conditions, error_type=error_type)
                 if outcome is not None:
                     counts[outcome] += 1
                     log.warning("job %s: %s (%s)", row[0], outcome, reason_of(row))
@@ -565,12 +577,15 @@ class JobStore:
             keep.add(run_path(job_id, int(row.checkpoint["lease"])))
         return keep
 
-    def published_folder(self, job_id: str) -> str | None:
-        """Where a finished job's files lie, relative to the artifact root (from its config.json record)."""
+    def published_files(self, job_id: str, kinds: Iterable[str]) -> tuple[str, dict[str, str]] | None:
+        """A finished job's folder key and {name: sha256} of its files of these kinds; None if it published none."""
         with self.sessions() as s:
-            row = s.execute(select(Artifact.path, Artifact.name)
-                            .where(Artifact.job_id == job_id, Artifact.name == "config.json")).one_or_none()
-        return row.path[: -len(row.name)].rstrip("/") if row else None
+            rows = s.execute(select(Artifact.path, Artifact.name, Artifact.sha256)
+                             .where(Artifact.job_id == job_id, Artifact.kind.in_(list(kinds)))).all()
+        if not rows:
+            return None
+        folder = rows[0].path[: -len(rows[0].name)].rstrip("/")
+        return folder, {row.name: row.sha256 for row in rows}
 
     # -- leases ---------------------------------------------------------------------------------
 

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+import re
 from typing import Annotated, Any, Literal, Mapping
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "LATENTFORGE_"
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 class SettingsError(ValueError):
@@ -30,6 +33,16 @@ class Settings(BaseModel):
     database_url: str = ""  # default: a SQLite file under home
     broker_url: str = "filesystem://"  # Celery's filesystem transport under home
     artifact_dir: Path = Path()  # default: home/artifacts
+    # Where artifacts live (shared/storage.py): file:///path, or s3://bucket/prefix for workers on hosts that
+    # share no disk (credentials from boto3's chain; s3_endpoint_url for SeaweedFS, MinIO, ...). Unset: artifact_dir.
+    artifact_url: str = ""
+    s3_endpoint_url: str | None = None
+    # Serve S3 artifacts by a 302 to a short-lived presigned URL instead of streaming them through the API.
+    artifact_redirect: bool = False
+    # How long uploads and downloads retry an object store that does not answer before the attempt gives up.
+    store_patience_seconds: PositiveFloat = 60.0
+    # Where a worker on an object store writes an attempt's files before uploading them.
+    scratch_dir: Path = Path()  # default: home/scratch
     data_dir: Path = Path("./data")
     # What workers compute once and reuse: the scorecard's judge classifiers (keyed by a data checksum).
     cache_dir: Path = Path()  # default: home/cache
@@ -72,8 +85,12 @@ class Settings(BaseModel):
     def _derived_defaults(cls, values: dict[str, Any]) -> dict[str, Any]:
         home = Path(values.get("home") or "./var").expanduser().resolve()
         values.setdefault("database_url", f"sqlite:///{home / 'latentforge.db'}")
+        url = str(values.get("artifact_url") or "")
+        if url.startswith("file:///"):  # one folder, whichever of the two names it
+            values["artifact_dir"] = urlsplit(url).path
         values.setdefault("artifact_dir", home / "artifacts")
         values.setdefault("cache_dir", home / "cache")
+        values.setdefault("scratch_dir", home / "scratch")
         if "stale_after_seconds" not in values:
             try:
                 values["stale_after_seconds"] = max(60.0, 6 * float(values.get("heartbeat_seconds", 5.0)))
@@ -81,10 +98,35 @@ class Settings(BaseModel):
                 pass  # the heartbeat's own error names it
         return {**values, "home": home}
 
-    @field_validator("artifact_dir", "data_dir", "cache_dir")
+    @field_validator("artifact_dir", "data_dir", "cache_dir", "scratch_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("artifact_url")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme == "file":
+            if parts.netloc or not parts.path.startswith("/"):
+                raise ValueError("a file URL needs an absolute path: file:///var/lib/latentforge/artifacts")
+        elif parts.scheme == "s3":
+            if not BUCKET_NAME.fullmatch(parts.netloc):
+                raise ValueError(f"{parts.netloc!r} is not an S3 bucket name (3-63 lower-case letters, digits, '.', '-')")
+            if parts.query or parts.fragment:
+                raise ValueError("an s3:// URL takes a bucket and an optional key prefix, nothing else")
+        else:
+            raise ValueError("must start with file:// or s3:// (e.g. s3://latentforge/artifacts)")
+        return value.rstrip("/")
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:8333")
+        return value.rstrip("/") if value else None
 
     @field_validator("api_url")
     @classmethod
@@ -98,7 +140,7 @@ class Settings(BaseModel):
 
     @field_validator("heartbeat_seconds", "stale_after_seconds", "max_attempts", "torch_threads", "worker_nice",
                      "max_streams", "stream_max_seconds", "broker_check_seconds", "shutdown_grace_seconds",
-                     "api_workers", "api_threads", mode="before")
+                     "api_workers", "api_threads", "store_patience_seconds", mode="before")
     @classmethod
     def _ascii_number(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.isascii():  # int() takes other scripts' digits
@@ -114,6 +156,10 @@ class Settings(BaseModel):
     @property
     def uses_embedded_broker(self) -> bool:
         return self.broker_url.startswith("filesystem://")
+
+    @property
+    def uses_object_store(self) -> bool:
+        return self.artifact_url.startswith("s3://")
 
     @property
     def broker_dir(self) -> Path:

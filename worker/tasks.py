@@ -32,7 +32,7 @@ from celery import signals
 from celery.exceptions import Reject
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared.artifacts import ArtifactFile
+from shared.artifacts import CHECKPOINT_KINDS, ArtifactFile
 from shared.db import JobState, is_transient_db_error, make_engine, make_sessionmaker, utcnow
 from shared.errors import LatentForgeError
 from shared.jobstore import ArtifactRecord, Claim, JobStore
@@ -40,6 +40,7 @@ from shared.kinds import RunContext, RunOutput, get_kind, load_plugins
 from shared.migrate import check_schema
 from shared.queue import QUEUES, TASK_NAME, held_job_ids, make_celery, parse_job_id, publish
 from shared.settings import Settings
+from shared.storage import ArtifactMismatch, ArtifactNameError, StoreUnavailable, artifact_key, open_store
 from worker.files import sha256_of
 
 log = logging.getLogger("latentforge.worker")
@@ -62,8 +63,8 @@ class HandBack(Exception):
 def scrub(message: str, settings: Settings) -> str:
     """One line for users: no server paths (the folder names are replaced, other paths cut to the file name)."""
     line = " ".join(message.split())
-    for root, label in ((settings.artifact_dir, "<artifacts>"), (settings.data_dir, "<data dir>"),
-                        (settings.home, "<home>")):
+    for root, label in ((settings.artifact_dir, "<artifacts>"), (settings.scratch_dir, "<scratch>"),
+                        (settings.cache_dir, "<cache>"), (settings.data_dir, "<data dir>"), (settings.home, "<home>")):
         line = line.replace(str(root), label)
     return ABSOLUTE_PATH.sub(lambda m: m.group(1), line)[:500]
 
@@ -89,6 +90,7 @@ class JobWorker:
         self.name = name or f"{self.host}:{os.getpid()}"
         self.app = make_celery(settings)
         self.engine = make_engine(settings.database_url)
+        self.artifacts = open_store(settings)
         self.store = JobStore(make_sessionmaker(self.engine), lambda job_id, queue: publish(self.app, job_id, queue),
                               settings.max_attempts)
         self.monitor = Monitor(self)
@@ -174,53 +176,66 @@ class JobWorker:
 
     # -- files of one attempt -------------------------------------------------------------------
 
-    def record_artifacts(self, folder: Path, manifest: list[ArtifactFile]) -> list[ArtifactRecord]:
-        """The runner's manifest as artifact rows: each file confined to the artifact root, hashed now
-        (verify on publish)."""
-        root = self.settings.artifact_dir.resolve()
+    def publish_artifacts(self, claim: Claim, folder: Path, manifest: list[ArtifactFile]) -> list[ArtifactRecord]:
+        """Store each file the runner listed and return its rows: hashed now, recorded only once stored whole."""
         records = []
         for item in manifest:
+            artifact_key(claim.folder, item.name)  # a name that could leave the folder fails the job here
             path = folder / item.name
-            resolved = path.resolve()
-            if path.is_symlink() or not resolved.is_relative_to(folder.resolve()) or not resolved.is_relative_to(root):
-                raise RuntimeError(f"artifact {item.name} lies outside its run's folder")
+            if path.is_symlink() or not path.resolve().is_relative_to(folder.resolve()):
+                raise ArtifactNameError(f"artifact {item.name} lies outside its run's folder")
             if not path.is_file():
                 raise RuntimeError(f"the runner listed {item.name}, which it did not write")
-            records.append(ArtifactRecord(
-                name=item.name, kind=item.kind.value, content_type=item.content_type, size=path.stat().st_size,
-                sha256=sha256_of(path), path=resolved.relative_to(root).as_posix(),
-            ))
+            sha256 = sha256_of(path)
+            key = self.artifacts.publish(claim.folder, item.name, sha256, item.content_type)
+            records.append(ArtifactRecord(name=item.name, kind=item.kind.value, content_type=item.content_type,
+                                          size=path.stat().st_size, sha256=sha256, path=key))
         return records
 
     def prune_attempt_folders(self, job_id: str) -> None:
         """Remove the folders of attempts that lost, keeping the running or winning one and the checkpoint's."""
-        job_root = self.settings.artifact_dir / "jobs" / job_id
-        if not job_root.is_dir():
-            return
         try:
             keep = self.store.folders_in_use(job_id)
-        except SQLAlchemyError:
+            stored = self.artifacts.attempt_folders(job_id)
+        except (SQLAlchemyError, StoreUnavailable, OSError) as exc:
+            log.debug("job %s: not pruning now (%s)", job_id, type(exc).__name__)
             return  # the next claim or finish prunes
-        for child in job_root.glob("run-*"):
-            if f"jobs/{job_id}/{child.name}" not in keep and child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child, ignore_errors=True)
+        except Exception as exc:  # an object store that refuses a listing: leftovers cost space only
+            log.warning("job %s: could not list its attempt folders (%s)", job_id, exc)
+            return
+        for folder in stored:
+            if folder not in keep:
+                self.artifacts.delete(folder)
 
     def resume_point(self, claim: Claim) -> Path | None:
-        """The checkpoint an owning attempt recorded, once its files are verified; None to start afresh."""
+        """The checkpoint an owning attempt recorded, fetched and verified; None to start afresh.
+
+        A store that does not answer raises :class:`StoreUnavailable`: the
+        attempt is retried later rather than throwing the progress away.
+        """
         from worker.checkpoint import verify_training_state
 
         pointer = claim.checkpoint
         if not pointer:
             return None
-        root = self.settings.artifact_dir.resolve()
-        folder = (root / str(pointer.get("path", ""))).resolve()
-        problem = ("it lies outside the artifact root" if not folder.is_relative_to(root)
-                   else verify_training_state(folder, pointer.get("sha256") or {}))
+        files = pointer.get("sha256") or {}
+        try:
+            folder = self.artifacts.local_folder(str(pointer.get("path", "")), files)
+            problem = verify_training_state(folder, files)
+        except (ArtifactNameError, ArtifactMismatch) as exc:
+            problem = str(exc)
         if problem:
             log.warning("job %s: not resuming from epoch %s (%s); starting afresh", claim.job_id, pointer.get("epoch"),
                         problem)
             return None
         return folder
+
+    def parent_folder(self, parent_id: str) -> Path:
+        """A local copy of the checkpoint a parent job published (from the store's cache, by sha256)."""
+        published = self.store.published_files(parent_id, CHECKPOINT_KINDS)
+        if published is None:
+            raise ArtifactMismatch(f"job {parent_id} published no checkpoint")
+        return self.artifacts.local_folder(*published)
 
     def configure_threads(self, claim: Claim) -> int:
         """Intra-op threads for this job: the CPUs this worker may use shared among the workers on its host.
@@ -267,10 +282,13 @@ class JobWorker:
         resume_root = folder / RESUME_DIR
 
         def on_epoch(state: Any, metrics: Any) -> None:
-            # The resume state first, in a folder of its own; then the pointer
-            # to it, fenced: only an attempt that owns the job moves it.
-            relative = f"{claim.folder}/{RESUME_DIR}/epoch-{state.epoch:06d}"
-            digests = save_training_state(self.settings.artifact_dir / relative, state)
+            # The resume state first, in a folder of its own, stored whole; then
+            # the pointer to it, fenced: only an attempt that owns the job moves it.
+            epoch_folder = f"epoch-{state.epoch:06d}"
+            relative = f"{claim.folder}/{RESUME_DIR}/{epoch_folder}"
+            digests = save_training_state(resume_root / epoch_folder, state)
+            for name, sha256 in digests.items():
+                self.artifacts.publish(relative, name, sha256, "application/octet-stream")
             pointer = {"lease": claim.lease, "epoch": state.epoch, "path": relative, "sha256": digests,
                        "torch_threads": threads}
             total = getattr(spec, "epochs", state.epoch)
@@ -279,8 +297,9 @@ class JobWorker:
                 self.monitor.lost.set()
                 raise AttemptLost(f"attempt {claim.attempt} lost the job after epoch {state.epoch}")
             for older in resume_root.iterdir():  # the pointer has moved on: older states are not needed
-                if older.name != f"epoch-{state.epoch:06d}":
+                if older.name != epoch_folder:
                     shutil.rmtree(older, ignore_errors=True)
+                    self.artifacts.delete(f"{claim.folder}/{RESUME_DIR}/{older.name}")
             if self.monitor.draining and state.epoch < total:
                 raise HandBack(f"its worker shut down; handed back after epoch {state.epoch}")
 
@@ -289,9 +308,7 @@ class JobWorker:
                 self.monitor.lost.set()
                 raise AttemptLost(f"attempt {claim.attempt} lost the job")
 
-        parent = None
-        if kind.parent and claim.parent_id:
-            parent = self.settings.artifact_dir / (self.store.published_folder(claim.parent_id) or f"jobs/{claim.parent_id}")
+        parent = self.parent_folder(claim.parent_id) if kind.parent and claim.parent_id else None
         ctx = RunContext(
             folder=folder, data_dir=self.settings.data_dir, allow_download=self.settings.allow_download,
             cache_dir=self.settings.cache_dir, parent_folder=parent,
@@ -339,8 +356,9 @@ class JobWorker:
             log.info("job %s: not claimable (already taken, finished or cancelled); message dropped", job_id)
             return None
         log.info("job %s: %s, attempt %d, lease %d", job_id, claim.kind, claim.attempt, claim.lease)
-        folder = self.settings.artifact_dir / claim.folder
-        self.prune_attempt_folders(job_id)
+        folder = self.artifacts.workspace(claim.folder)
+        if claim.lease > 1:  # folders of earlier attempts that lost
+            self.prune_attempt_folders(job_id)
         monitor = self.monitor
         monitor.begin(claim)
         outcome: str
@@ -350,13 +368,16 @@ class JobWorker:
         hand_back_reason = "its worker shut down mid-epoch"
         try:
             output = self.run_claimed(claim, folder)
-            artifacts = self.record_artifacts(folder, output.artifacts)
+            artifacts = self.publish_artifacts(claim, folder, output.artifacts)
             outcome = "succeeded"
         except (AttemptLost, TrainingCancelled, HandBack) as stop:
             outcome = ("lost" if monitor.lost.is_set() else "cancelled" if monitor.cancel.is_set()
                        else "handback" if monitor.draining else "lost")
             if isinstance(stop, HandBack):
                 hand_back_reason = str(stop)
+        except StoreUnavailable as exc:
+            log.error("job %s: %s", job_id, exc)
+            outcome, error = "store", ("ArtifactStoreUnavailable", scrub(str(exc), self.settings))
         except SQLAlchemyError as exc:
             if not is_transient_db_error(exc):
                 log.exception("job %s failed", job_id)
@@ -373,9 +394,17 @@ class JobWorker:
             outcome, error = "failed", error_for_user(exc, self.settings)
         finally:
             monitor.end()
+            self.artifacts.release(claim.folder)
         if monitor.lost.is_set():
             outcome = "lost"
         try:
+            if outcome == "store":  # nothing half-published: retried while attempts remain, else failed with why
+                assert error is not None
+                ended = self.retrying(self.store.give_up_attempt, claim, error[1], error[0])
+                if ended is not None:
+                    log.warning("job %s: %s after its artifact store stopped answering", job_id, ended)
+                    return None
+                outcome = "lost"
             if outcome == "handback":
                 if self.retrying(self.store.hand_back, claim, hand_back_reason):
                     log.info("job %s: handed back to the queue (%s)", job_id, hand_back_reason)
@@ -389,7 +418,7 @@ class JobWorker:
                 if self.retrying(self.store.finish, claim, state, error=error, artifacts=artifacts, metrics=metrics,
                                  parent_scope=scope, progress=summary):
                     log.info("job %s: %s", job_id, state.value)
-                    if any(f.name != folder.name for f in folder.parent.glob("run-*")):  # another attempt's files
+                    if claim.lease > 1:  # an earlier attempt may have left files
                         self.prune_attempt_folders(job_id)
                     return state
                 outcome = "lost"

@@ -1,0 +1,153 @@
+"""GET /artifacts/<id>: a published file, from whichever store holds it, never one that differs from its record.
+
+From the local folder, Flask's ``send_file`` serves it (ETag, Range,
+conditional requests). From an object store the API streams it itself with
+the same headers, or, with ``LATENTFORGE_ARTIFACT_REDIRECT=1``, answers with a
+302 to a presigned URL that expires in minutes. Either way the stored size
+and sha256 are checked against the artifact row first: a file that differs
+is refused (410), never served under the row's ETag and a year-long cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Response, redirect, request, send_file
+
+from api.context import services
+from api.errors import RETRY_AFTER_S, Problem
+from shared.db import Artifact
+from shared.storage import ArtifactNameError, ArtifactStore, LocalStore, S3Store, StoreRefused, StoreUnavailable
+
+bp = Blueprint("artifacts", __name__)
+log = logging.getLogger("latentforge.api")
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+class VerifiedFiles:
+    """Files whose bytes were checked against their recorded sha256, keyed by what a rewrite would change.
+
+    A published file is never written again (each attempt writes its own
+    folder), so this is a last line of defence against a disk fault or a hand edit.
+    """
+
+    def __init__(self, capacity: int = 4096):
+        self._known: OrderedDict[tuple, str] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def sha256(self, path: Path, stat: os.stat_result) -> str:
+        key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        with self._lock:
+            if key in self._known:
+                self._known.move_to_end(key)
+                return self._known[key]
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        value = digest.hexdigest()
+        with self._lock:
+            self._known[key] = value
+            while len(self._known) > self._capacity:
+                self._known.popitem(last=False)
+        return value
+
+
+verified_files = VerifiedFiles()
+
+
+def gone(artifact: Artifact, why: str, slug: str = "gone") -> Problem:
+    return Problem(410, "Gone", f"the file of artifact {artifact.id} ({artifact.name}) {why}", slug=slug)
+
+
+def corrupt(artifact: Artifact) -> Problem:
+    log.error("artifact %s (%s): the stored file no longer matches its recorded sha256", artifact.id, artifact.path)
+    return gone(artifact, "no longer matches its recorded sha256 and is not served", slug="artifact-corrupt")
+
+
+def file_name(artifact: Artifact) -> str:
+    return artifact.name.rsplit("/", 1)[-1]
+
+
+@bp.get("/artifacts/<artifact_id>")
+def download_artifact(artifact_id: str) -> Response:
+    artifact = services().jobs.artifact(artifact_id)
+    store = services().artifacts
+    try:
+        if isinstance(store, S3Store):
+            return from_object_store(store, artifact)
+        assert isinstance(store, LocalStore)
+        return from_folder(store, artifact)
+    except ArtifactNameError:
+        raise Problem(404, "Not Found", f"artifact {artifact_id} is not stored under the artifact root",
+                      slug="not-found") from None
+    except (StoreUnavailable, StoreRefused) as exc:
+        log.error("artifact %s: %s", artifact_id, exc)
+        raise Problem(503, "Service Unavailable", "the artifact store is not answering; try again shortly",
+                      headers={"Retry-After": str(RETRY_AFTER_S)}, slug="artifact-store-unavailable") from None
+
+
+def from_folder(store: LocalStore, artifact: Artifact) -> Response:
+    path = store.path_of(artifact.path)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        stat = None
+    if stat is None or not path.is_file():
+        raise gone(artifact, "is no longer stored")
+    if stat.st_size != artifact.size or verified_files.sha256(path, stat) != artifact.sha256:
+        raise corrupt(artifact)
+    response = send_file(path, mimetype=artifact.content_type, etag=artifact.sha256, conditional=True,
+                         download_name=file_name(artifact), max_age=31536000)
+    response.headers["Cache-Control"] = IMMUTABLE
+    return response
+
+
+def from_object_store(store: S3Store, artifact: Artifact) -> Response:
+    """Checked against the row by the object's size and the sha256 the worker stored with it."""
+    stored = store.head(artifact.path)
+    if stored is None:
+        raise gone(artifact, "is no longer stored")
+    if stored.size != artifact.size or stored.sha256 != artifact.sha256:
+        raise corrupt(artifact)
+    if services().settings.artifact_redirect:
+        response = redirect(store.presigned_url(artifact.path, file_name(artifact), artifact.content_type), 302)
+        response.headers["Cache-Control"] = "private, no-store"  # the URL it names expires
+        return response
+
+    size = artifact.size
+    headers = {"ETag": f'"{artifact.sha256}"', "Accept-Ranges": "bytes", "Cache-Control": IMMUTABLE,
+               "Content-Disposition": f'inline; filename="{file_name(artifact)}"'}
+    if artifact.sha256 in request.if_none_match:
+        return Response(status=304, headers=headers)
+    span = None
+    if request.range is not None and (request.if_range.etag is None or request.if_range.etag == artifact.sha256):
+        span = request.range.range_for_length(size)  # None for several ranges: the whole file answers those
+        if span is None and len(request.range.ranges) == 1:
+            return Response(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+    status, first, length = (206, span[0], span[1] - span[0]) if span else (200, 0, size)
+    headers["Content-Length"] = str(length)
+    if span:
+        headers["Content-Range"] = f"bytes {first}-{first + length - 1}/{size}"
+    if request.method == "HEAD" or length == 0:
+        body: object = b""
+    else:
+        body = store.open_range(artifact.path, first, first + length - 1) if span else store.open_range(artifact.path)
+    response = Response(body, status=status, mimetype=artifact.content_type, headers=headers, direct_passthrough=True)
+    return response
+
+
+def redirect_origin(store: ArtifactStore, redirect_to_store: bool) -> str | None:
+    """The origin presigned URLs point at, for the pages' Content-Security-Policy; None unless artifacts go there."""
+    if not redirect_to_store or not isinstance(store, S3Store):
+        return None
+    parts = urlsplit(store.presigned_url("origin-probe", "x", "application/octet-stream"))
+    return f"{parts.scheme}://{parts.netloc}"
