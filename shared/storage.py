@@ -66,15 +66,18 @@ class ArtifactMismatch(LatentForgeError):
     """A stored file is missing or no longer matches the sha256 recorded when it was published."""
 
 
+def checked_key(key: str, what: str = "key") -> str:
+    """``key`` itself, if it is a plain relative path in the key alphabet; anything else is refused."""
+    if not key or not all(KEY_SEGMENT.fullmatch(segment) for segment in key.split("/")):
+        raise ArtifactNameError(
+            f"{what} {key[:200]!r} is not a relative path of letters, digits and ._=+- (no '..', no leading '/' or"
+            " '.', no '%' or '\\'); it could leave its job's folder")
+    return key
+
+
 def artifact_key(folder: str, name: str) -> str:
-    """``folder/name``, refusing any name (or folder) that is not a plain relative path in the key alphabet."""
-    for what, value in (("folder", folder), ("artifact name", name)):
-        segments = value.split("/")
-        if not value or not all(KEY_SEGMENT.fullmatch(segment) for segment in segments):
-            raise ArtifactNameError(
-                f"{what} {value!r} is not a relative path of letters, digits and ._=+- (no '..', no leading '/' or"
-                " '.', no '%' or '\\'); it could leave its job's folder")
-    return f"{folder}/{name}"
+    """``folder/name``, refusing a name (or folder) that could reach outside the folder."""
+    return f"{checked_key(folder, 'folder')}/{checked_key(name, 'artifact name')}"
 
 
 def parent_key(key: str) -> str:
@@ -132,7 +135,7 @@ class LocalStore(ArtifactStore):
 
     def path_of(self, key: str) -> Path:
         """The file of ``key``; a key that resolves outside the root (a link, a stored '..') is refused."""
-        path = (self.root / key).resolve()
+        path = (self.root / checked_key(key)).resolve()
         if not path.is_relative_to(self.root):
             raise ArtifactNameError(f"{key!r} lies outside the artifact root")
         return path
@@ -196,13 +199,14 @@ class S3Store(ArtifactStore):
         self.patience_s = patience_s
         self.url = url
         self.description = f"{url}" + (f" at {endpoint_url}" if endpoint_url else "")
-        config = Config(signature_version="s3v4", connect_timeout=5, read_timeout=30,
-                        retries={"max_attempts": 2, "mode": "standard"},
+        # Short timeouts and one try per call: ``patiently`` retries, within the patience.
+        config = Config(signature_version="s3v4", connect_timeout=min(5.0, patience_s),
+                        read_timeout=max(1.0, min(30.0, patience_s / 2)), retries={"total_max_attempts": 1, "mode": "standard"},
                         s3={"addressing_style": "path" if endpoint_url else "auto"})
         self.client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
 
     def object_key(self, key: str) -> str:
-        return self.prefix + key
+        return self.prefix + checked_key(key)
 
     # -- errors and patience --------------------------------------------------------------
 
@@ -387,15 +391,15 @@ class S3Store(ArtifactStore):
             log.warning("artifact store: could not delete %s (%s)", folder, _one_line(exc))
 
     def attempt_folders(self, job_id: str) -> list[str]:
+        # From the keys, not from "directories": some servers keep a folder listed after its last object went.
         prefix = self.object_key(artifact_key(f"jobs/{job_id}", "_"))[:-1]
-        folders: list[str] = []
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
-            for common in page.get("CommonPrefixes", []):
-                name = common["Prefix"][len(prefix):].strip("/")
+        folders: set[str] = set()
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                name = item["Key"][len(prefix):].split("/", 1)[0]
                 if name.startswith("run-"):
-                    folders.append(f"jobs/{job_id}/{name}")
-        return folders
+                    folders.add(f"jobs/{job_id}/{name}")
+        return sorted(folders)
 
     def release(self, folder: str) -> None:
         shutil.rmtree(self.workspace(folder), ignore_errors=True)

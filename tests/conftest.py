@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -93,9 +94,24 @@ def judge_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 endpoint (SeaweedFS's ``weed``, tests/s3server.py) on fixed loopback ports for the session."""
+    from tests.s3server import running_weed
+
+    with running_weed(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
 @pytest.fixture(scope="module")
-def stack_factory(tmp_path_factory, mnist_dir, judge_cache):
-    """Build stacks (closed at module end): factory(kind, token=None, workers=1)."""
+def stack_factory(request, tmp_path_factory, mnist_dir, judge_cache):
+    """Build stacks (closed at module end): factory(kind, token=None, workers=1).
+
+    Kinds: ``embedded`` (SQLite, filesystem broker, one home), ``redis_pg``
+    (Redis, PostgreSQL, one home), ``redis_pg_s3`` (Redis, PostgreSQL and a
+    SeaweedFS bucket of its own; API and each worker have a home of their own,
+    as on different hosts).
+    """
     import contextlib
 
     from tests.stack import Stack, postgres_database, redis_database
@@ -111,7 +127,16 @@ def stack_factory(tmp_path_factory, mnist_dir, judge_cache):
         else:
             database = exits.enter_context(postgres_database())
             broker = exits.enter_context(redis_database())
-            stack = Stack(home, mnist_dir, database_url=database, broker_url=broker, token=token, extra_env=env)
+            separate = kind == "redis_pg_s3"
+            if separate:
+                server = request.getfixturevalue("s3_server")
+                bucket = f"lf-test-{uuid.uuid4().hex[:12]}"
+                server.create_bucket(bucket)
+                env = {**server.env(), "LATENTFORGE_ARTIFACT_URL": f"s3://{bucket}/artifacts", **env}
+            elif kind != "redis_pg":
+                raise ValueError(f"unknown stack kind {kind!r}")
+            stack = Stack(home, mnist_dir, database_url=database, broker_url=broker, token=token, extra_env=env,
+                          separate_homes=separate)
         exits.callback(stack.close)
         return stack.bring_up(api=api, workers=workers)
 

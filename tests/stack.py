@@ -86,8 +86,12 @@ class Stack:
     """Environment plus role processes for one stack; ``close`` stops them all."""
 
     def __init__(self, home: Path, data_dir: Path, *, database_url: str | None = None, broker_url: str | None = None,
-                 token: str | None = None, heartbeat_s: float = 0.5, stale_after_s: float = 4.0, extra_env: dict | None = None):
+                 token: str | None = None, heartbeat_s: float = 0.5, stale_after_s: float = 4.0, extra_env: dict | None = None,
+                 separate_homes: bool = False):
+        """``separate_homes``: each process (API, each worker) gets a home folder of its own, as on different
+        hosts; only the database, the broker and the object store are shared."""
         self.home = home
+        self.separate_homes = separate_homes
         self.logs = home / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTFORGE_")}
@@ -119,9 +123,17 @@ class Stack:
         return subprocess.run([sys.executable, "-m", "latentforge.cli", *args], cwd=REPO, env=self.env,
                               capture_output=True, text=True, timeout=timeout)
 
-    def spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+    def host_home(self, name: str) -> Path:
+        """The home folder of process ``name``: its own with ``separate_homes``, else the stack's."""
+        return self.home / "hosts" / name if self.separate_homes else self.home
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "latentforge.cli", *args], cwd=REPO, env=self.env,
+        env = {**self.env, **(env or {})}
+        if self.separate_homes:
+            env["LATENTFORGE_HOME"] = str(self.host_home(name))
+            env.pop("LATENTFORGE_CACHE_DIR", None)  # nothing on disk is shared, caches included
+        proc = subprocess.Popen([sys.executable, "-m", "latentforge.cli", *args], cwd=REPO, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         return proc
@@ -152,9 +164,10 @@ class Stack:
         except requests.RequestException:
             return False
 
-    def start_worker(self, name: str = "worker", queues: str = "gpu,cpu") -> subprocess.Popen:
+    def start_worker(self, name: str = "worker", queues: str = "gpu,cpu", env: dict[str, str] | None = None
+                     ) -> subprocess.Popen:
         seen = len(self.log(name))  # a restarted worker appends to its log
-        proc = self.spawn(name, ["worker", "--queues", queues])
+        proc = self.spawn(name, ["worker", "--queues", queues], env)
         self.wait_until(lambda: "ready (queues" in self.log(name)[seen:] or proc.poll() is not None, 90, f"{name} to start")
         assert proc.poll() is None, self.log(name)
         return proc

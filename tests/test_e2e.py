@@ -2,7 +2,9 @@
 
 (a) embedded: SQLite + Celery's filesystem transport under LATENTFORGE_HOME;
 (b) production-like: Redis (a database number of its own) + PostgreSQL (a
-database created and dropped for the run).
+database created and dropped for the run);
+(c) multi-host: Redis + PostgreSQL + an S3 bucket on a real SeaweedFS server,
+where the API and the worker have different home folders and share no disk.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from shared.scorecard import flat_metrics
 pytestmark = pytest.mark.usefixtures("services_up")
 
 
-@pytest.fixture(scope="module", params=["embedded", "redis_pg"])
+@pytest.fixture(scope="module", params=["embedded", "redis_pg", "redis_pg_s3"])
 def stack(request, stack_factory):
     return stack_factory(request.param)
 
