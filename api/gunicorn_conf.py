@@ -4,7 +4,9 @@ Read from the one settings object, like everything else: LATENTFORGE_BIND,
 LATENTFORGE_API_WORKERS, LATENTFORGE_API_WORKER_CLASS, LATENTFORGE_API_THREADS.
 """
 
-from api.server import check_bind, host_of, worker_options
+import sys
+
+from api.server import StoreUnusable, check_bind, check_store_apart, host_of, worker_options
 from shared.settings import load_settings
 
 _settings = load_settings()
@@ -23,6 +25,12 @@ errorlog = "-"
 def on_starting(server):
     for address in server.cfg.bind:
         check_bind(host_of(address), _settings.api_token)
+    try:
+        if _settings.uses_object_store:
+            check_store_apart()
+    except StoreUnusable as exc:
+        server.log.error("%s", exc)
+        sys.exit(1)
 
 
 def post_worker_init(worker):

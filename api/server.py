@@ -9,6 +9,8 @@ remains available; there, each open stream holds one of the threads.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from typing import Any
 
 from api.auth import is_loopback
@@ -25,6 +27,24 @@ def check_bind(host: str, token: str | None) -> None:
             f"refusing to listen on {host} without LATENTFORGE_API_TOKEN: anyone who can reach it could submit"
             " and cancel jobs; set a token or listen on 127.0.0.1"
         )
+
+
+class StoreUnusable(RuntimeError):
+    """The artifact store failed its start-up check; the message is its one line, naming the setting."""
+
+
+def check_store_apart() -> None:
+    """The artifact store's start-up check, run in a child process.
+
+    Why apart: boto3 imports ssl, and a gunicorn master that has imported ssl
+    forks gevent workers whose monkey-patching of ssl then recurses on every
+    TLS context (RecursionError; seen at the first request).
+    """
+    result = subprocess.run([sys.executable, "-m", "latentforge.cli", "store", "check"], capture_output=True,
+                            text=True, timeout=180)
+    if result.returncode:
+        lines = (result.stderr or result.stdout).strip().splitlines() or ["the artifact store check failed"]
+        raise StoreUnusable(lines[-1].split("error: ", 1)[-1])
 
 
 def host_of(bind: str) -> str:

@@ -115,7 +115,7 @@ def cmd_store(args: argparse.Namespace) -> int:
     return 0
 
 
-def _preflight() -> None:
+def _preflight(check_store: bool = True) -> None:
     """Before a server or worker starts: the schema is current and the artifact store answers (one line if not)."""
     from shared.db import make_engine
     from shared.migrate import SchemaOutOfDate, check_schema
@@ -129,17 +129,21 @@ def _preflight() -> None:
         raise UsageError(str(exc)) from None
     finally:
         engine.dispose()  # no connection may outlive this check into a forked server
-    open_store(settings).check()  # a SettingsError: one line naming the setting
+    if check_store:
+        open_store(settings).check()  # a SettingsError: one line naming the setting
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    from api.server import OpenBindWithoutToken, check_bind, serve
+    from api.server import OpenBindWithoutToken, StoreUnusable, check_bind, check_store_apart, serve
 
     try:
-        check_bind(args.host, load_settings().api_token)
-    except OpenBindWithoutToken as exc:
+        settings = load_settings()
+        check_bind(args.host, settings.api_token)
+        _preflight(check_store=not settings.uses_object_store)
+        if settings.uses_object_store:
+            check_store_apart()
+    except (OpenBindWithoutToken, StoreUnusable) as exc:
         raise UsageError(str(exc)) from None
-    _preflight()
     serve(args.host, args.port, workers=args.workers, threads=args.threads, worker_class=args.worker_class)
     return 0
 
