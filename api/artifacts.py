@@ -142,6 +142,7 @@ def from_object_store(store: S3Store, artifact: Artifact) -> Response:
     else:
         body = store.open_range(artifact.path, first, first + length - 1) if span else store.open_range(artifact.path)
     response = Response(body, status=status, mimetype=artifact.content_type, headers=headers, direct_passthrough=True)
+    response.headers["Content-Length"] = str(length)  # a HEAD's empty body must not set it to 0
     return response
 
 

@@ -195,7 +195,8 @@ class S3Store(ArtifactStore):
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.endpoint_url = endpoint_url
         self.scratch = Path(scratch_dir).resolve()
-        self.objects = Path(cache_dir).resolve() / "objects"
+        self.objects = Path(cache_dir).resolve() / "objects"  # by sha256
+        self.views = Path(cache_dir).resolve() / "published"  # folders of links into objects, by key
         self.patience_s = patience_s
         self.url = url
         self.description = f"{url}" + (f" at {endpoint_url}" if endpoint_url else "")
@@ -330,7 +331,7 @@ class S3Store(ArtifactStore):
         return self.patiently(f"reading {key}", lambda: self._head(key))
 
     def local_folder(self, folder: str, files: Mapping[str, str]) -> Path:
-        view = self.scratch / "published" / parent_key(artifact_key(folder, "_"))
+        view = self.views / parent_key(artifact_key(folder, "_"))
         view.mkdir(parents=True, exist_ok=True)
         for name, sha256 in files.items():
             cached = self.cached_object(artifact_key(folder, name), sha256)

@@ -119,8 +119,8 @@ class Stack:
 
     # -- processes ------------------------------------------------------------------------
 
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "latentforge.cli", *args], cwd=REPO, env=self.env,
+    def cli(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "latentforge.cli", *args], cwd=REPO, env=env or self.env,
                               capture_output=True, text=True, timeout=timeout)
 
     def host_home(self, name: str) -> Path:

@@ -48,7 +48,7 @@ log = logging.getLogger("latentforge.worker")
 SWEEP_LEASE = "broker-sweep"
 DRAIN_LOG_SECONDS = 0.5  # how soon the monitor thread logs a shutdown that a signal began
 RESUME_DIR = "resume"
-ABSOLUTE_PATH = re.compile(r"(?<![\w.~<>-])/(?:[^\s/'\"]+/)+([^\s/'\":,;()]+)")
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~<>:/-])/(?:[^\s/'\"]+/)+([^\s/'\":,;()]+)")  # not inside a URL
 T = TypeVar("T")
 
 
@@ -394,6 +394,7 @@ class JobWorker:
             outcome, error = "failed", error_for_user(exc, self.settings)
         finally:
             monitor.end()
+            saved_resume_state = (folder / RESUME_DIR).is_dir()
             self.artifacts.release(claim.folder)
         if monitor.lost.is_set():
             outcome = "lost"
@@ -418,6 +419,8 @@ class JobWorker:
                 if self.retrying(self.store.finish, claim, state, error=error, artifacts=artifacts, metrics=metrics,
                                  parent_scope=scope, progress=summary):
                     log.info("job %s: %s", job_id, state.value)
+                    if saved_resume_state:  # the job has ended: nothing resumes from it again
+                        self.artifacts.delete(f"{claim.folder}/{RESUME_DIR}")
                     if claim.lease > 1:  # an earlier attempt may have left files
                         self.prune_attempt_folders(job_id)
                     return state
