@@ -207,6 +207,12 @@ class JobStore:
         with self.sessions.begin() as s:
             return s.execute(self._fenced(claim).values(**values)).rowcount == 1
 
+    def record_checkpoint(self, claim: Claim, checkpoint: dict[str, Any]) -> bool:
+        """Move the resume point to a state stored whole since its epoch's progress; False if the attempt lost
+        the job."""
+        with self.sessions.begin() as s:
+            return s.execute(self._fenced(claim).values(**_changed(checkpoint=checkpoint))).rowcount == 1
+
     def finish(
         self,
         claim: Claim,

@@ -41,6 +41,9 @@ class Settings(BaseModel):
     artifact_redirect: bool = False
     # How long uploads and downloads retry an object store that does not answer before the attempt gives up.
     store_patience_seconds: PositiveFloat = 60.0
+    # A remote store receives a running job's resume state at most this often (the newest state wins; 0: every
+    # epoch). A job whose worker dies resumes from a state at most this old, bit for bit all the same.
+    resume_upload_seconds: Annotated[float, Field(ge=0)] = 10.0
     # Where a worker on an object store writes an attempt's files before uploading them.
     scratch_dir: Path = Path()  # default: home/scratch
     data_dir: Path = Path("./data")
@@ -140,7 +143,7 @@ class Settings(BaseModel):
 
     @field_validator("heartbeat_seconds", "stale_after_seconds", "max_attempts", "torch_threads", "worker_nice",
                      "max_streams", "stream_max_seconds", "broker_check_seconds", "shutdown_grace_seconds",
-                     "api_workers", "api_threads", "store_patience_seconds", mode="before")
+                     "api_workers", "api_threads", "store_patience_seconds", "resume_upload_seconds", mode="before")
     @classmethod
     def _ascii_number(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.isascii():  # int() takes other scripts' digits

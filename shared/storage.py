@@ -96,6 +96,7 @@ class ArtifactStore(ABC):
     """One artifact store; keys are relative to its root (see the module docstring)."""
 
     description: str  # for logs and /health, never with credentials
+    remote: bool  # publishing copies the file elsewhere (and may be slow or fail), rather than leaving it in place
 
     @abstractmethod
     def check(self) -> None:
@@ -127,6 +128,8 @@ class ArtifactStore(ABC):
 
 class LocalStore(ArtifactStore):
     """Files under one root folder; the workspace of an attempt is its published folder."""
+
+    remote = False
 
     def __init__(self, root: Path, setting: str = f"{ENV_PREFIX}ARTIFACT_DIR"):
         self.root = Path(root).resolve()
@@ -185,6 +188,8 @@ class S3Store(ArtifactStore):
     backoff for ``patience_s``, then raise :class:`StoreUnavailable`; a refusal
     (403, a missing bucket) raises :class:`StoreRefused` at once.
     """
+
+    remote = True
 
     def __init__(self, bucket: str, prefix: str, *, endpoint_url: str | None, scratch_dir: Path, cache_dir: Path,
                  patience_s: float, url: str):

@@ -11,7 +11,7 @@ import json
 import re
 import shutil
 import threading
-from datetime import datetime
+from datetime import datetime, timezone
 
 import pytest
 import requests
@@ -40,7 +40,7 @@ def bucket_of(stack: Stack) -> tuple[str, str]:
 def stored_keys(stack: Stack, s3_server) -> list[str]:
     bucket, _ = bucket_of(stack)
     pages = s3_server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
-    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+    return [item["Key"] for listing in pages for item in listing.get("Contents", [])]
 
 
 def check_every_artifact(stack: Stack, job: dict) -> None:
@@ -74,7 +74,8 @@ def test_sigkill_mid_training_resumes_on_another_host_from_the_store(stack, s3_s
         assert done["state"] == "succeeded", done["error"]
         assert done["attempts"] == 2 and stack.worker_proc_name(done["worker"]) == survivor
         resumed = re.search(rf"job {job['id']}: resuming after epoch (\d+)", stack.log(survivor))
-        assert resumed and int(resumed.group(1)) >= 3, stack.log(survivor)[-3000:]
+        # States go up at most every LATENTFORGE_RESUME_UPLOAD_SECONDS (10 s): the first one at once.
+        assert resumed and int(resumed.group(1)) >= 1, stack.log(survivor)[-3000:]
         rows = metrics_rows(stack, done)
         assert [r["epoch"] for r in rows] == list(range(1, 17))
         check_every_artifact(stack, done)
@@ -99,9 +100,9 @@ def test_an_object_store_away_for_ten_seconds_during_uploads_is_waited_out(stack
         pytest.skip("the S3 server was not started by this session: it cannot be paused")
     job = stack.submit("train", {"epochs": 12, "device": "cpu"})
     running = stack.wait_job(job["id"], ("running",), until=lambda j: j["progress"].get("epoch", 0) >= 2)
-    worker = stack.worker_proc_name(running["worker"])
     s3_server.pause()
-    timer = threading.Timer(10.0, s3_server.resume)
+    back: list[datetime] = []
+    timer = threading.Timer(10.0, lambda: (s3_server.resume(), back.append(datetime.now(timezone.utc))))
     timer.start()
     try:
         done = stack.wait_job(job["id"], timeout=240)
@@ -109,10 +110,10 @@ def test_an_object_store_away_for_ten_seconds_during_uploads_is_waited_out(stack
         timer.join()
     assert done["state"] == "succeeded", done["error"]
     assert done["attempts"] == 1
-    # The outage fell inside the job: one epoch's upload waited it out (a request that waited, or retries).
-    stamps = [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f") for m in re.finditer(
-        rf"\[([\d-]+ [\d:,]+): INFO/MainProcess\] job {job['id']}: epoch +\d+/12", stack.log(worker))]
-    assert len(stamps) == 12 and max((b - a).total_seconds() for a, b in zip(stamps, stamps[1:])) >= 9
+    # Training went on meanwhile (uploads of resume states are off its thread); the job's end, which needs its
+    # files stored, waited for the store.
+    assert datetime.fromisoformat(done["finished_at"]) > back[0]
+    assert running["worker"] == done["worker"] and "artifact store" not in (done["error"] or {}).get("message", "")
     assert [r["epoch"] for r in metrics_rows(stack, done)] == list(range(1, 13))
     check_every_artifact(stack, done)
 
@@ -149,8 +150,8 @@ def test_redirects_to_presigned_urls_when_asked(stack, s3_server):
             assert response.headers["Cache-Control"] == "private, no-store"
             stored = requests.get(response.headers["Location"], timeout=30)  # no token: the URL is the grant
             assert hashlib.sha256(stored.content).hexdigest() == artifact["sha256"]
-        page = requests.get(api.url + f"/runs/{job['id']}", headers=api.headers(Accept="text/html"), timeout=30)
-        assert f"img-src 'self' data: blob: {s3_server.endpoint};" in page.headers["Content-Security-Policy"]
+        html = requests.get(api.url + f"/runs/{job['id']}", headers=api.headers(Accept="text/html"), timeout=30)
+        assert f"img-src 'self' data: blob: {s3_server.endpoint};" in html.headers["Content-Security-Policy"]
     finally:
         api.close()
 
@@ -204,7 +205,8 @@ def test_a_store_that_stays_away_fails_the_job_with_the_reason_after_bounded_ret
         pytest.skip("the S3 server was not started by this session: it cannot be paused")
     for name in ("worker1", "worker2"):
         stack.kill(name)
-    stack.start_worker("impatient", env={"LATENTFORGE_STORE_PATIENCE_SECONDS": "2"})
+    stack.start_worker("impatient", env={"LATENTFORGE_STORE_PATIENCE_SECONDS": "2",
+                                         "LATENTFORGE_RESUME_UPLOAD_SECONDS": "0"})
     job = stack.submit("train", {"epochs": 30, "device": "cpu"})
     stack.wait_job(job["id"], ("running",), until=lambda j: j["progress"].get("epoch", 0) >= 1)
     s3_server.pause()

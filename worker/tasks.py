@@ -24,6 +24,7 @@ import signal
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
@@ -46,6 +47,7 @@ from worker.files import sha256_of
 log = logging.getLogger("latentforge.worker")
 
 SWEEP_LEASE = "broker-sweep"
+PUBLISH_THREADS = 4  # concurrent uploads of one job's artifacts to a remote store
 DRAIN_LOG_SECONDS = 0.5  # how soon the monitor thread logs a shutdown that a signal began
 RESUME_DIR = "resume"
 ABSOLUTE_PATH = re.compile(r"(?<![\w.~<>:/-])/(?:[^\s/'\"]+/)+([^\s/'\":,;()]+)")  # not inside a URL
@@ -178,19 +180,25 @@ class JobWorker:
 
     def publish_artifacts(self, claim: Claim, folder: Path, manifest: list[ArtifactFile]) -> list[ArtifactRecord]:
         """Store each file the runner listed and return its rows: hashed now, recorded only once stored whole."""
-        records = []
-        for item in manifest:
-            artifact_key(claim.folder, item.name)  # a name that could leave the folder fails the job here
+        for item in manifest:  # every name is checked before anything is stored
+            artifact_key(claim.folder, item.name)
             path = folder / item.name
             if path.is_symlink() or not path.resolve().is_relative_to(folder.resolve()):
                 raise ArtifactNameError(f"artifact {item.name} lies outside its run's folder")
             if not path.is_file():
                 raise RuntimeError(f"the runner listed {item.name}, which it did not write")
+
+        def publish(item: ArtifactFile) -> ArtifactRecord:
+            path = folder / item.name
             sha256 = sha256_of(path)
             key = self.artifacts.publish(claim.folder, item.name, sha256, item.content_type)
-            records.append(ArtifactRecord(name=item.name, kind=item.kind.value, content_type=item.content_type,
-                                          size=path.stat().st_size, sha256=sha256, path=key))
-        return records
+            return ArtifactRecord(name=item.name, kind=item.kind.value, content_type=item.content_type,
+                                  size=path.stat().st_size, sha256=sha256, path=key)
+
+        if not self.artifacts.remote or len(manifest) < 2:
+            return [publish(item) for item in manifest]
+        with ThreadPoolExecutor(PUBLISH_THREADS, thread_name_prefix="publish") as pool:  # round trips overlap
+            return list(pool.map(publish, manifest))
 
     def prune_attempt_folders(self, job_id: str) -> None:
         """Remove the folders of attempts that lost, keeping the running or winning one and the checkpoint's."""
@@ -281,26 +289,33 @@ class JobWorker:
         folder.mkdir(parents=True, exist_ok=True)
         resume_root = folder / RESUME_DIR
 
+        shipper = ResumeShipper(self, claim, resume_root) if self.artifacts.remote else None
+
         def on_epoch(state: Any, metrics: Any) -> None:
             # The resume state first, in a folder of its own, stored whole; then
             # the pointer to it, fenced: only an attempt that owns the job moves it.
             epoch_folder = f"epoch-{state.epoch:06d}"
             relative = f"{claim.folder}/{RESUME_DIR}/{epoch_folder}"
             digests = save_training_state(resume_root / epoch_folder, state)
-            for name, sha256 in digests.items():
-                self.artifacts.publish(relative, name, sha256, "application/octet-stream")
             pointer = {"lease": claim.lease, "epoch": state.epoch, "path": relative, "sha256": digests,
                        "torch_threads": threads}
             total = getattr(spec, "epochs", state.epoch)
             progress = {**metrics.to_dict(), "total": total, "history": [m.to_dict() for m in state.history]}
-            if not self.retrying(self.store.record_progress, claim, progress, pointer):
+            if shipper is None:  # stored in place: the pointer moves with the progress
+                for name, sha256 in digests.items():
+                    self.artifacts.publish(relative, name, sha256, "application/octet-stream")
+            if not self.retrying(self.store.record_progress, claim, progress, None if shipper else pointer):
                 self.monitor.lost.set()
                 raise AttemptLost(f"attempt {claim.attempt} lost the job after epoch {state.epoch}")
-            for older in resume_root.iterdir():  # the pointer has moved on: older states are not needed
-                if older.name != epoch_folder:
-                    shutil.rmtree(older, ignore_errors=True)
-                    self.artifacts.delete(f"{claim.folder}/{RESUME_DIR}/{older.name}")
+            if shipper is not None:
+                shipper.offer(epoch_folder, pointer)
+            else:
+                for older in resume_root.iterdir():  # the pointer has moved on: older states are not needed
+                    if older.name != epoch_folder:
+                        shutil.rmtree(older, ignore_errors=True)
             if self.monitor.draining and state.epoch < total:
+                if shipper is not None:
+                    shipper.flush()  # the newest state stored and pointed to, then hand back
                 raise HandBack(f"its worker shut down; handed back after epoch {state.epoch}")
 
         def report(progress: dict) -> None:
@@ -315,7 +330,11 @@ class JobWorker:
             log=lambda line: log.info("job %s: %s", claim.job_id, line), should_stop=self.monitor.should_stop,
             on_epoch=on_epoch, report=report, resume_from=self.resume_point(claim),
         )
-        return kind.load_runner()(spec, ctx)
+        try:
+            return kind.load_runner()(spec, ctx)
+        finally:
+            if shipper is not None:
+                shipper.close()
 
     def drop_message(self, what: str) -> None:
         """A message that cannot name a job: acknowledged and dropped, once, with one log line and a count."""
@@ -443,6 +462,99 @@ class JobWorker:
                         claim.attempt)
             self.prune_attempt_folders(job_id)
         return None
+
+
+class ResumeShipper:
+    """Stores a train job's resume states in a remote artifact store from a thread of its own, newest first.
+
+    Why: uploading on the training thread after every epoch made the seed job
+    20% slower against a local SeaweedFS. Training hands each state over once
+    it is on the local disk and goes on; this thread uploads it, at most once
+    per ``resume_upload_seconds``, and only then moves the job's resume pointer
+    (fenced), so the pointer never names a state that is not stored whole. A
+    state replaced by a newer one before its upload began is dropped. A failure
+    is raised on the training thread at its next epoch, or at ``flush``.
+    """
+
+    def __init__(self, worker: JobWorker, claim: Claim, resume_root: Path):
+        self.worker, self.claim, self.resume_root = worker, claim, resume_root
+        self._cond = threading.Condition()
+        self._pending: tuple[str, dict[str, Any]] | None = None  # (epoch folder, pointer)
+        self._busy = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self._shipped: str | None = None  # the epoch folder the pointer names
+        self._interval = worker.settings.resume_upload_seconds
+        self._last_start = float("-inf")
+        self._flushing = False
+        self._thread = threading.Thread(target=self._run, name=f"resume-{claim.job_id[:8]}", daemon=True)
+        self._thread.start()
+
+    def offer(self, epoch_folder: str, pointer: dict[str, Any]) -> None:
+        with self._cond:
+            if self._error is not None:
+                raise self._error
+            dropped, self._pending = self._pending, (epoch_folder, pointer)
+            self._cond.notify_all()
+        if dropped is not None:
+            shutil.rmtree(self.resume_root / dropped[0], ignore_errors=True)
+
+    def flush(self) -> None:
+        """Wait until the newest state offered is stored and pointed to."""
+        with self._cond:
+            self._flushing = True
+            self._cond.notify_all()
+            while (self._pending is not None or self._busy) and self._error is None:
+                self._cond.wait()
+            self._flushing = False
+            if self._error is not None:
+                raise self._error
+
+    def close(self) -> None:
+        """The attempt is over: drop what waits, let an upload under way end, and move no pointer after it."""
+        with self._cond:
+            self._closed, self._pending = True, None
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed:
+                    wait = self._last_start + self._interval - time.monotonic()
+                    if self._pending is not None and (wait <= 0 or self._flushing):
+                        break
+                    self._cond.wait(wait if self._pending is not None else None)
+                if self._closed:
+                    return
+                (epoch_folder, pointer), self._pending, self._busy = self._pending, None, True
+                self._last_start = time.monotonic()
+            try:
+                self._ship(epoch_folder, pointer)
+            except BaseException as exc:  # raised on the training thread
+                with self._cond:
+                    self._error = exc
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+            if self._error is not None:
+                return
+
+    def _ship(self, epoch_folder: str, pointer: dict[str, Any]) -> None:
+        worker, claim = self.worker, self.claim
+        for name, sha256 in pointer["sha256"].items():
+            worker.artifacts.publish(pointer["path"], name, sha256, "application/octet-stream")
+        with self._cond:
+            if self._closed:
+                return
+        if not worker.retrying(worker.store.record_checkpoint, claim, pointer):
+            worker.monitor.lost.set()
+            raise AttemptLost(f"attempt {claim.attempt} lost the job after epoch {pointer['epoch']}")
+        previous, self._shipped = self._shipped, epoch_folder
+        if previous is not None:  # the pointer has moved on: the older state is not needed
+            shutil.rmtree(self.resume_root / previous, ignore_errors=True)
+            worker.artifacts.delete(f"{claim.folder}/{RESUME_DIR}/{previous}")
 
 
 # -- the monitor thread ---------------------------------------------------------------------------
