@@ -171,6 +171,39 @@ def test_the_explorer_works_on_the_object_store(stack, page):  # noqa: F811
     explore_then_decode_on_server(stack, page, trained_model(stack))
 
 
+def test_the_api_refuses_stored_files_that_differ_from_their_rows(stack, s3_server):
+    from sqlalchemy import create_engine, update
+
+    from shared.db import Artifact
+
+    job = stack.job(trained_model(stack))
+    bucket, prefix = bucket_of(stack)
+    by_name = {a["name"]: a for a in job["artifacts"]}
+    key_of = {name: next(k for k in stored_keys(stack, s3_server) if k.startswith(f"{prefix}/jobs/{job['id']}/")
+                         and k.endswith("/" + name)) for name in by_name}
+    client = s3_server.client()
+
+    def get(name: str) -> requests.Response:
+        return requests.get(stack.url + by_name[name]["url"], headers=stack.headers(), timeout=30)
+
+    # Other bytes under the key (a hand edit, a second writer): refused, never served under the row's ETag.
+    client.put_object(Bucket=bucket, Key=key_of["figures/loss_curve.png"], Body=b"not the figure",
+                      Metadata={"sha256": by_name["figures/loss_curve.png"]["sha256"]})
+    tampered = get("figures/loss_curve.png")
+    assert tampered.status_code == 410 and "no longer matches its recorded sha256" in tampered.json()["detail"]
+    client.delete_object(Bucket=bucket, Key=key_of["figures/loss_curve.thumb.png"])
+    missing = get("figures/loss_curve.thumb.png")
+    assert missing.status_code == 410 and "is no longer stored" in missing.json()["detail"]
+    # A row whose key could leave the prefix is never looked up.
+    engine = create_engine(stack.database_url)
+    with engine.begin() as conn:
+        conn.execute(update(Artifact).where(Artifact.id == by_name["figures/interpolation.png"]["id"])
+                     .values(path="jobs/../../../other-bucket/secret"))
+    engine.dispose()
+    assert get("figures/interpolation.png").status_code == 404
+    assert get("model.safetensors").status_code == 200  # the rest of the run is served as before
+
+
 @pytest.mark.parametrize("name", ["../escape.txt", "../../../../escape.txt", "/tmp/escape.txt",
                                   "figures%2F..%2F..%2Fescape.txt", "a/../../escape.txt", "..\\escape.txt"])
 def test_hostile_artifact_names_fail_the_job_and_never_leave_its_prefix(stack, s3_server, name):

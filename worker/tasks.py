@@ -288,7 +288,8 @@ class JobWorker:
         threads = self.configure_threads(claim)
         folder.mkdir(parents=True, exist_ok=True)
         resume_root = folder / RESUME_DIR
-
+        parent = self.parent_folder(claim.parent_id) if kind.parent and claim.parent_id else None
+        resume_from = self.resume_point(claim)
         shipper = ResumeShipper(self, claim, resume_root) if self.artifacts.remote else None
 
         def on_epoch(state: Any, metrics: Any) -> None:
@@ -323,12 +324,11 @@ class JobWorker:
                 self.monitor.lost.set()
                 raise AttemptLost(f"attempt {claim.attempt} lost the job")
 
-        parent = self.parent_folder(claim.parent_id) if kind.parent and claim.parent_id else None
         ctx = RunContext(
             folder=folder, data_dir=self.settings.data_dir, allow_download=self.settings.allow_download,
             cache_dir=self.settings.cache_dir, parent_folder=parent,
             log=lambda line: log.info("job %s: %s", claim.job_id, line), should_stop=self.monitor.should_stop,
-            on_epoch=on_epoch, report=report, resume_from=self.resume_point(claim),
+            on_epoch=on_epoch, report=report, resume_from=resume_from,
         )
         try:
             return kind.load_runner()(spec, ctx)
