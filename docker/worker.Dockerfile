@@ -10,7 +10,10 @@
 # The host driver must support the wheel's CUDA version; for an older driver
 # build against a PyTorch index, e.g.
 #   docker compose build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 worker
-FROM python:3.12-slim
+# The base is a build argument so a test (or an air-gapped site) can build on a local image that provides
+# python3 and pip on PATH; production keeps python:3.12-slim.
+ARG BASE_IMAGE=python:3.12-slim
+FROM ${BASE_IMAGE}
 
 ARG TORCH_INDEX_URL=
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -19,7 +22,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MPLBACKEND=Agg
 
-# The same uid/gid as the API image: both write the shared artifacts volume.
+# The same uid/gid as the API image, so the two agree on any volume an operator mounts into both.
 RUN groupadd --system --gid 10001 latentforge \
  && useradd --system --uid 10001 --gid latentforge --create-home --home-dir /home/latentforge latentforge
 
@@ -31,9 +34,9 @@ COPY shared/ shared/
 COPY migrations/ migrations/
 RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} ".[worker]" && rm -rf build *.egg-info
 
-# Mount points owned by the app user: an empty named volume takes this
-# ownership the first time it is mounted.
-RUN mkdir -p /var/lib/latentforge/artifacts /data \
+# Mount points owned by the app user (home: scratch, cache; data): an empty
+# named volume takes this ownership the first time it is mounted.
+RUN mkdir -p /var/lib/latentforge /data \
  && chown -R latentforge:latentforge /var/lib/latentforge /data
 
 USER latentforge

@@ -270,7 +270,7 @@ def test_dockerfiles_copy_what_exists_and_drop_root():
         text = (REPO / dockerfile).read_text()
         instructions = [line.strip() for line in re.sub(r"\\\n", " ", text).splitlines()
                         if line.strip() and not line.lstrip().startswith("#")]
-        assert instructions[0].split()[0] == "FROM", dockerfile
+        assert instructions[0] == "ARG BASE_IMAGE=python:3.12-slim" and instructions[1] == "FROM ${BASE_IMAGE}", dockerfile
         assert any(f'".[{extra}]"' in line or f"'.[{extra}]'" in line or f" .[{extra}]" in line
                    for line in instructions if line.startswith("RUN") and "pip install" in line), dockerfile
         copied = [part for line in instructions if line.startswith("COPY")
