@@ -22,6 +22,7 @@ COPY api/ api/
 COPY worker/ worker/
 COPY shared/ shared/
 COPY migrations/ migrations/
+COPY latentforge/ latentforge/
 RUN pip install ".[api]" && rm -rf build *.egg-info
 
 # Mount points owned by the app user (home: scratch, cache; data): an empty

@@ -32,6 +32,7 @@ COPY api/ api/
 COPY worker/ worker/
 COPY shared/ shared/
 COPY migrations/ migrations/
+COPY latentforge/ latentforge/
 RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} ".[worker]" && rm -rf build *.egg-info
 
 # Mount points owned by the app user (home: scratch, cache; data): an empty

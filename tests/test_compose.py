@@ -275,7 +275,7 @@ def test_dockerfiles_copy_what_exists_and_drop_root():
                    for line in instructions if line.startswith("RUN") and "pip install" in line), dockerfile
         copied = [part for line in instructions if line.startswith("COPY")
                   for part in line.split()[1:-1] if not part.startswith("--")]
-        assert {"pyproject.toml", "README.md", "api/", "worker/", "shared/", "migrations/"} <= set(copied), dockerfile
+        assert {"pyproject.toml", "README.md", "api/", "worker/", "shared/", "migrations/", "latentforge/"} <= set(copied), dockerfile
         for source in copied:
             assert (REPO / source).exists(), f"{dockerfile} copies missing {source}"
             assert source.rstrip("/") not in ignored, f"{dockerfile} copies {source}, which .dockerignore drops"
