@@ -7,7 +7,7 @@ RUN_DIR ?= var/runs/seed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run train-seed test test-reliability bench clean
+.PHONY: install run train-seed test test-reliability compose-test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: $(STAMP)
 # The fault-injection suite alone (private PostgreSQL and Redis servers; prints the fault table).
 test-reliability: $(STAMP)
 	$(PY) -m pytest -m reliability tests/reliability
+
+# docker-compose.yml itself under Podman (tests/compose): stand-in base images, the project's images,
+# a staged `podman-compose up`, the end-to-end jobs, a worker killed mid-training, `down -v`.
+compose-test: $(STAMP)
+	LATENTFORGE_COMPOSE_TEST=1 $(PY) -m pytest -m compose -s tests/compose
 
 bench: $(STAMP)
 	$(PY) bench/train_speed.py
