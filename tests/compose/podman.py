@@ -202,7 +202,8 @@ class ComposeProject:
         self.run("up", "-d", "--no-deps", "--scale", f"worker={workers}", "worker")
 
     def down(self) -> None:
-        self.run("down", "-v", "-t", "20", check=False, timeout=600)
+        # --remove-orphans: podman-compose 1.6 takes the replicas that --scale added for orphans.
+        self.run("down", "-v", "--remove-orphans", "-t", "20", check=False, timeout=600)
         CDI_SPEC.unlink(missing_ok=True)
 
     def leftovers(self) -> dict[str, list[str]]:
