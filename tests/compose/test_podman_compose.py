@@ -37,8 +37,8 @@ def project(mnist_dir):
     print(f"\nimage builds: {timings}")
     try:
         project.up_staged(workers=2)
-        for worker in (1, 2):  # the data volume starts empty (README: copy the dataset in)
-            sh("podman", "cp", f"{mnist_dir}/.", f"{project.container('worker', worker)}:/data/")
+        # The data volume starts empty (README: copy the dataset in); both workers mount it.
+        sh("podman", "cp", f"{mnist_dir}/.", f"{project.container('worker')}:/data/")
         yield project
     finally:
         project.down()
