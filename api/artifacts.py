@@ -10,12 +10,12 @@ is refused (410), never served under the row's ETag and a year-long cache.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, redirect, request, send_file
@@ -23,7 +23,9 @@ from flask import Blueprint, Response, redirect, request, send_file
 from api.context import services
 from api.errors import RETRY_AFTER_S, Problem
 from shared.db import Artifact
-from shared.storage import ArtifactNameError, ArtifactStore, LocalStore, S3Store, StoreRefused, StoreUnavailable
+from shared.storage import (
+    ArtifactNameError, ArtifactStore, LocalStore, S3Store, StoredObject, StoreRefused, StoreUnavailable, file_sha256,
+)
 
 bp = Blueprint("artifacts", __name__)
 log = logging.getLogger("latentforge.api")
@@ -49,11 +51,7 @@ class VerifiedFiles:
             if key in self._known:
                 self._known.move_to_end(key)
                 return self._known[key]
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        value = digest.hexdigest()
+        value = file_sha256(path)
         with self._lock:
             self._known[key] = value
             while len(self._known) > self._capacity:
@@ -112,22 +110,20 @@ def from_folder(store: LocalStore, artifact: Artifact) -> Response:
 
 
 def from_object_store(store: S3Store, artifact: Artifact) -> Response:
-    """Checked against the row by the object's size and the sha256 the worker stored with it."""
-    stored = store.head(artifact.path)
-    if stored is None:
-        raise gone(artifact, "is no longer stored")
-    if stored.size != artifact.size or stored.sha256 != artifact.sha256:
-        raise corrupt(artifact)
-    if services().settings.artifact_redirect:
-        response = redirect(store.presigned_url(artifact.path, file_name(artifact), artifact.content_type), 302)
-        response.headers["Cache-Control"] = "private, no-store"  # the URL it names expires
-        return response
-
+    """Checked against the row by the object's size and the sha256 the worker stored with it: from the GET that
+    streams it (one round trip), or from a HEAD where no bytes go through the API (HEAD, redirects)."""
     size = artifact.size
     headers = {"ETag": f'"{artifact.sha256}"', "Accept-Ranges": "bytes", "Cache-Control": IMMUTABLE,
                "Content-Disposition": f'inline; filename="{file_name(artifact)}"'}
-    if artifact.sha256 in request.if_none_match:
+    if artifact.sha256 in request.if_none_match:  # the client holds these very bytes
         return Response(status=304, headers=headers)
+    redirecting = services().settings.artifact_redirect
+    if redirecting or request.method == "HEAD":
+        check_stored(artifact, store.head(artifact.path))
+        if redirecting:
+            response = redirect(store.presigned_url(artifact.path, file_name(artifact), artifact.content_type), 302)
+            response.headers["Cache-Control"] = "private, no-store"  # the URL it names expires
+            return response
     span = None
     if request.range is not None and (request.if_range.etag is None or request.if_range.etag == artifact.sha256):
         span = request.range.range_for_length(size)  # None for several ranges: the whole file answers those
@@ -137,13 +133,23 @@ def from_object_store(store: S3Store, artifact: Artifact) -> Response:
     headers["Content-Length"] = str(length)
     if span:
         headers["Content-Range"] = f"bytes {first}-{first + length - 1}/{size}"
-    if request.method == "HEAD" or length == 0:
-        body: object = b""
-    else:
-        body = store.open_range(artifact.path, first, first + length - 1) if span else store.open_range(artifact.path)
+    body: object = b""
+    if request.method != "HEAD" and length > 0:
+        opened = store.open(artifact.path, first, first + length - 1) if span else store.open(artifact.path)
+        check_stored(artifact, opened[0] if opened else None, opened[1] if opened else None)
+        body = opened[1]
     response = Response(body, status=status, mimetype=artifact.content_type, headers=headers, direct_passthrough=True)
     response.headers["Content-Length"] = str(length)  # a HEAD's empty body must not set it to 0
     return response
+
+
+def check_stored(artifact: Artifact, stored: StoredObject | None, body: Iterator[bytes] | None = None) -> None:
+    """Refuse (410) an object that is gone or differs from the row; an opened body is closed first."""
+    if stored is not None and stored.size == artifact.size and stored.sha256 == artifact.sha256:
+        return
+    if body is not None:
+        body.close()  # type: ignore[attr-defined]
+    raise gone(artifact, "is no longer stored") if stored is None else corrupt(artifact)
 
 
 def redirect_origin(store: ArtifactStore, redirect_to_store: bool) -> str | None:

@@ -294,8 +294,11 @@ class S3Store(ArtifactStore):
         self.client.create_bucket(Bucket=self.bucket)
         return True
 
+    def _scratch(self, folder: str) -> Path:
+        return self.scratch / parent_key(artifact_key(folder, "_"))
+
     def workspace(self, folder: str) -> Path:
-        path = self.scratch / parent_key(artifact_key(folder, "_"))
+        path = self._scratch(folder)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -303,8 +306,9 @@ class S3Store(ArtifactStore):
         from boto3.s3.transfer import TransferConfig
 
         key = artifact_key(folder, name)
-        source = self.workspace(folder) / name
-        if source.is_symlink() or not source.resolve().is_relative_to(self.workspace(folder)):
+        workspace = self._scratch(folder)
+        source = workspace / name
+        if source.is_symlink() or not source.resolve().is_relative_to(workspace):
             raise ArtifactNameError(f"artifact {name} lies outside its run's folder")
         size = source.stat().st_size
         transfer = TransferConfig(multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES,
@@ -372,13 +376,29 @@ class S3Store(ArtifactStore):
             Path(tmp).unlink(missing_ok=True)
         return cached
 
-    def open_range(self, key: str, first: int | None = None, last: int | None = None) -> Iterator[bytes]:
-        """The object's bytes (``first``..``last`` inclusive when given) as chunks; the request is made now, so a
-        store that is away raises here, before a caller has sent any header."""
+    def open(self, key: str, first: int | None = None, last: int | None = None
+             ) -> tuple[StoredObject, Iterator[bytes]] | None:
+        """What the store holds under ``key`` and its bytes (``first``..``last`` inclusive when given) as chunks,
+        from one GET; None if there is no such object. The request is made now, so a store that is away raises
+        here, before a caller has sent any header."""
+        from botocore.exceptions import ClientError
+
         extra: dict[str, Any] = {"Range": f"bytes={first}-{last}"} if first is not None else {}
-        response = self.patiently(f"reading {key}",
-                                  lambda: self.client.get_object(Bucket=self.bucket, Key=self.object_key(key), **extra))
-        return _chunks(response["Body"])
+
+        def get() -> dict[str, Any] | None:
+            try:
+                return self.client.get_object(Bucket=self.bucket, Key=self.object_key(key), **extra)
+            except ClientError as exc:
+                if self._error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                    return None
+                raise
+
+        response = self.patiently(f"reading {key}", get)
+        if response is None:
+            return None
+        total = response.get("ContentRange", "").rpartition("/")[2]  # "bytes 0-9/1234" for a range
+        size = int(total) if total.isdigit() else int(response["ContentLength"])
+        return StoredObject(size, response.get("Metadata", {}).get("sha256")), _chunks(response["Body"])
 
     def presigned_url(self, key: str, filename: str, content_type: str) -> str:
         return self.client.generate_presigned_url("get_object", ExpiresIn=PRESIGNED_SECONDS, Params={
@@ -408,7 +428,7 @@ class S3Store(ArtifactStore):
         return sorted(folders)
 
     def release(self, folder: str) -> None:
-        shutil.rmtree(self.workspace(folder), ignore_errors=True)
+        shutil.rmtree(self._scratch(folder), ignore_errors=True)
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -112,7 +112,8 @@ def test_s3_publish_fetch_and_the_cache(s3_server, bucket, tmp_path):
     assert (local / "model.safetensors").read_bytes() == data and (local / "figures" / "a.png").read_bytes() == b"png"
 
     # A range, read the way the API streams it.
-    assert b"".join(store.open_range(key, 10, 19)) == data[10:20]
+    stored, chunks = store.open(key, 10, 19)
+    assert b"".join(chunks) == data[10:20] and stored == store.head(key)
     # A presigned URL serves the same bytes to anyone holding it, for a few minutes.
     url = store.presigned_url(key, "model.safetensors", "application/octet-stream")
     assert sha(requests.get(url, timeout=30).content) == sha(data)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from shared.storage import file_sha256
 
 
 @contextmanager
@@ -40,9 +41,4 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
     write_bytes(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode())
 
 
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+sha256_of = file_sha256  # one sha256 for worker, store and API
