@@ -51,6 +51,7 @@ class EpochMetrics:
     seconds: float
     samples_per_s: float
     extra: dict[str, float] = field(default_factory=dict)  # the kind's own terms: train_kl, test_elbo, ...
+    learning_rates: dict[str, float] = field(default_factory=dict)  # "lr", "lr_disc", ...: see learning_rates()
 
     def to_dict(self) -> dict[str, float | int]:
         return {
@@ -58,6 +59,7 @@ class EpochMetrics:
             "train_loss": self.train_loss,
             "test_loss": self.test_loss,
             **self.extra,
+            **self.learning_rates,
             "seconds": round(self.seconds, 6),
             "samples_per_s": round(self.samples_per_s, 1),
         }
@@ -65,7 +67,22 @@ class EpochMetrics:
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> "EpochMetrics":
         own = {k: row[k] for k in ("epoch", "train_loss", "test_loss", "seconds", "samples_per_s")}
-        return cls(**own, extra={k: v for k, v in row.items() if k not in own})
+        rates = {k: v for k, v in row.items() if is_learning_rate(k)}  # absent in rows saved before they were kept
+        return cls(**own, extra={k: v for k, v in row.items() if k not in own and k not in rates},
+                   learning_rates=rates)
+
+
+def learning_rates(optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+    """Each optimizer's learning rate as it stands: the first optimizer's (the one the spec's ``lr`` drives)
+    as ``lr``, every other's as ``lr_<name>`` (the AAE's ``lr_disc``, ``lr_gen``)."""
+    rates = {}
+    for i, (name, optimizer) in enumerate(optimizers.items()):
+        rates["lr" if i == 0 else f"lr_{name}"] = float(optimizer.param_groups[0]["lr"])
+    return rates
+
+
+def is_learning_rate(key: str) -> bool:
+    return key == "lr" or key.startswith("lr_")
 
 
 @dataclass
@@ -211,7 +228,8 @@ def train(
         extra = {f"train_{k}": v for k, v in train_terms.items() if k != "total"}
         extra |= {f"test_{k}": v for k, v in test_terms.items() if k != "loss"}
         extra |= model.epoch_metrics(epoch)
-        metrics = EpochMetrics(epoch, train_terms["total"], test_terms["loss"], seconds, n / seconds, extra)
+        metrics = EpochMetrics(epoch, train_terms["total"], test_terms["loss"], seconds, n / seconds, extra,
+                               learning_rates(optimizers))
         state.epoch = epoch
         state.history.append(metrics)
         if on_epoch is not None:
