@@ -10,7 +10,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from shared.db import is_transient_db_error
-from shared.errors import IdempotencyKeyReused, JobConflict, JobNotFound, LatentForgeError, ParentNotReady, SpecError
+from shared.errors import (IdempotencyKeyReused, JobConflict, JobNotFinished, JobNotFound, LatentForgeError,
+                           ParentNotReady, RunHasChildren, SpecError)
 
 log = logging.getLogger("latentforge.api")
 
@@ -34,6 +35,8 @@ USER_ERRORS: tuple[tuple[type[LatentForgeError], str, str], ...] = (
     (SpecError, "Invalid request", "validation"),
     (JobNotFound, "Not Found", "not-found"),
     (ParentNotReady, "Conflict", "parent-not-ready"),
+    (JobNotFinished, "Conflict", "job-not-finished"),
+    (RunHasChildren, "Conflict", "has-children"),
     (JobConflict, "Conflict", "job-finished"),
     (IdempotencyKeyReused, "Idempotency key reused", "idempotency-key-reused"),
     (LatentForgeError, "Bad Request", "bad-request"),

@@ -18,14 +18,14 @@ from api.context import API_PREFIX, services
 from api.errors import Problem
 from api.schemas import job_out
 from api.streams import MAX_JOBS_PER_STREAM, TooManyStreams, stream_events
-from shared.errors import JobNotFound, QueryError
+from shared.errors import JobNotFound, QueryError, SpecError
+from shared.search import PAGE_PARAMETERS, parse_filter
 from shared.service import parse_id
 
 bp = Blueprint("jobs", __name__)
 log = logging.getLogger("latentforge.api")
 
 IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,200}")
-PAGE_PARAMETERS = ("kind", "state", "parent", "limit", "cursor", "sort")
 
 
 def read_json_body() -> Any:
@@ -38,9 +38,20 @@ def read_json_body() -> Any:
         raise Problem(400, "Bad Request", f"the request body is not valid JSON: {exc}", slug="invalid-json") from None
 
 
-def page_arguments() -> dict[str, str | None]:
-    """The list filters of a request's query string, for JobService.page (GET /jobs and the runs page)."""
-    return {name: request.args.get(name) for name in PAGE_PARAMETERS}
+def page_arguments() -> dict[str, Any]:
+    """The list filters of a request's query string, for JobService.page (GET /jobs and the runs page).
+
+    A parameter neither knows is a 400 naming it: a misspelt filter must not quietly show every run.
+    """
+    where = parse_filter(request.args.items(multi=True))
+    return {**{name: request.args.get(name) for name in PAGE_PARAMETERS}, "where": where}
+
+
+def flag(name: str) -> bool:
+    value = request.args.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise QueryError([(name, f"must be true or false, got {value[:20]!r}")])
+    return value in ("true", "1")
 
 
 @bp.post("/jobs")
@@ -66,6 +77,38 @@ def list_jobs() -> Any:
 @bp.get("/jobs/<job_id>")
 def show_job(job_id: str) -> Any:
     return jsonify(job_out(services().jobs.get(job_id), API_PREFIX))
+
+
+@bp.patch("/jobs/<job_id>")
+def edit_job(job_id: str) -> Any:
+    return jsonify(job_out(services().jobs.edit(job_id, read_json_body()), API_PREFIX))
+
+
+@bp.post("/jobs/<job_id>/archive")
+def archive_job(job_id: str) -> Any:
+    return jsonify(job_out(services().jobs.archive(job_id), API_PREFIX))
+
+
+@bp.post("/jobs/<job_id>/restore")
+def restore_job(job_id: str) -> Any:
+    return jsonify(job_out(services().jobs.restore(job_id), API_PREFIX))
+
+
+@bp.delete("/jobs/<job_id>")
+def delete_job(job_id: str) -> Any:
+    services().jobs.delete(job_id, cascade=flag("cascade"))
+    return Response(status=204)
+
+
+@bp.post("/jobs/bulk")
+def bulk_jobs() -> Any:
+    body = read_json_body()
+    if not isinstance(body, dict) or set(body) - {"action", "ids", "cascade"}:
+        raise SpecError([("(body)", "must be a JSON object with 'action', 'ids' and optionally 'cascade'")])
+    cascade = body.get("cascade", False)
+    if not isinstance(cascade, bool):
+        raise SpecError([("cascade", "must be true or false")])
+    return jsonify({"results": services().jobs.bulk(body.get("action"), body.get("ids"), cascade)})
 
 
 @bp.post("/jobs/<job_id>/cancel")

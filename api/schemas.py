@@ -83,7 +83,8 @@ def job_out(job: Job, prefix: str, *, history: bool = True) -> dict[str, Any]:
         return value.isoformat() if value is not None else None
 
     return {
-        "id": job.id, "kind": job.kind, "name": job.name, "tags": list(job.tags or []), "spec": job.spec,
+        "id": job.id, "kind": job.kind, "name": job.name, "tags": list(job.tags or []), "note": job.note,
+        "archived": job.archived_at is not None, "archived_at": iso(job.archived_at), "spec": job.spec,
         "state": job.state, "progress": progress, "attempts": job.attempts,
         "max_attempts": job.max_attempts, "cancel_requested": job.cancel_requested, "queue": job.queue,
         "worker": job.worker, "heartbeat_at": iso(job.heartbeat_at), "created_at": iso(job.created_at),
@@ -94,6 +95,6 @@ def job_out(job: Job, prefix: str, *, history: bool = True) -> dict[str, Any]:
         "metrics": {m.name: m.value for m in job.metrics},
         "links": {
             "self": f"{prefix}/jobs/{job.id}", "events": f"{prefix}/jobs/{job.id}/events",
-            "cancel": f"{prefix}/jobs/{job.id}/cancel",
+            "cancel": f"{prefix}/jobs/{job.id}/cancel", "download": f"{prefix}/jobs/{job.id}/download",
         },
     }

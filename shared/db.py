@@ -84,6 +84,10 @@ class Job(Base):
     kind: Mapped[str] = mapped_column(String(16))
     name: Mapped[str | None] = mapped_column(String(200))
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The user's free-text note on the run (editable after it ran, as name and tags are).
+    note: Mapped[str | None] = mapped_column(Text)
+    # Set when archived: hidden from lists by default, restorable; None for a live run.
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value)
     progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -61,6 +61,14 @@ class ParentNotReady(JobConflict):
     """The parent job exists and fits, but has not succeeded (yet)."""
 
 
+class JobNotFinished(JobConflict):
+    """The run (or one below it) is queued or running: cancel it before archiving, deleting or downloading it."""
+
+
+class RunHasChildren(JobConflict):
+    """Deleting a run that other runs were made from needs ``cascade``: they go with it."""
+
+
 class IdempotencyKeyReused(LatentForgeError):
     """The Idempotency-Key was used before with a different request."""
 

@@ -20,16 +20,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
 
-from shared.db import Artifact, Job, JobMetric, JobState
-from shared.errors import IdempotencyKeyReused, JobNotFound, ParentNotReady, QueryError, SpecError
+from shared.db import FINISHED_STATES, Artifact, Job, JobMetric, JobState, utcnow
+from shared.errors import (IdempotencyKeyReused, JobConflict, JobNotFinished, JobNotFound, LatentForgeError, ParentNotReady,
+                           QueryError, RunHasChildren, SpecError)
 from shared.jobstore import JobStore
 from shared.kinds import JobKind, get_kind, names
 from shared.scorecard import METRICS
-from shared.specs import JobCreate, Spec
+from shared.search import RunFilter
+from shared.storage import ArtifactStore
+from shared.specs import JobCreate, RunEdit, Spec
 
 PAGE_DEFAULT, PAGE_MAX = 50, 200
 LOADED = (selectinload(Job.artifacts), selectinload(Job.metrics))  # what job_out reads after the session closes
@@ -85,9 +88,11 @@ class Page:
 
 
 class JobService:
-    def __init__(self, sessions: sessionmaker, store: JobStore):
+    def __init__(self, sessions: sessionmaker, store: JobStore, artifacts: ArtifactStore | None = None):
         self.sessions = sessions
         self.store = store
+        self.artifacts = artifacts  # where delete() removes a run's files; None: rows only
+        self.dialect = sessions.kw["bind"].dialect.name
 
     # -- submitting ---------------------------------------------------------------------------
 
@@ -186,15 +191,19 @@ class JobService:
         return artifact
 
     def page(self, *, kind: str | None = None, state: str | None = None, parent: str | None = None,
-             limit: str | int | None = None, cursor: str | None = None, sort: str | None = None) -> Page:
+             limit: str | int | None = None, cursor: str | None = None, sort: str | None = None,
+             where: RunFilter | None = None) -> Page:
         """Jobs with these filters, newest first or by ``sort``; an empty filter means none.
+
+        ``where`` adds tags, name text, spec fields, a time range and the archived view (shared/search.py);
+        without it archived runs are left out, as with an empty RunFilter.
 
         ``sort`` is ``-created`` (the default), ``created``, or ``metrics.<name>``
         / ``-metrics.<name>`` for any metric a run records (shared/scorecard.py,
         final losses): runs without it come last, ties newest first. Bad values:
         QueryError naming them.
         """
-        query = select(Job).options(*LOADED)
+        query = select(Job).options(*LOADED).where(*(where or RunFilter()).conditions(self.dialect))
         if kind := _choice("kind", kind, names()):
             query = query.where(Job.kind == kind)
         if state := _choice("state", state, [s.value for s in JobState]):
@@ -281,6 +290,115 @@ class JobService:
         else:
             self.store.cancel(job.id)
         return self.get(job.id)
+
+    # -- tidying up -----------------------------------------------------------------------------
+
+    def edit(self, job_id: Any, body: Any) -> Job:
+        """Change a run's name, tags or note (RunEdit); the rest of the row is what ran and stays."""
+        changes = RunEdit.parse(body).changes()
+        job_id = self.get(job_id).id
+        with self.sessions.begin() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(**changes, revision=Job.revision + 1))
+        return self.get(job_id)
+
+    def archive(self, job_id: Any) -> Job:
+        """Hide a finished run, and every run made from it, from lists (archived=0); restore() brings them back."""
+        job_id = self.get(job_id).id
+        with self.sessions.begin() as session:
+            ids = self._subtree(session, job_id)
+            self._refuse_unfinished(session, ids, "archived")
+            session.execute(update(Job).where(Job.id.in_(ids), Job.archived_at.is_(None))
+                            .values(archived_at=utcnow(), revision=Job.revision + 1))
+        return self.get(job_id)
+
+    def restore(self, job_id: Any) -> Job:
+        job_id = self.get(job_id).id
+        with self.sessions.begin() as session:
+            ids = self._subtree(session, job_id)
+            session.execute(update(Job).where(Job.id.in_(ids), Job.archived_at.is_not(None))
+                            .values(archived_at=None, revision=Job.revision + 1))
+        return self.get(job_id)
+
+    def delete(self, job_id: Any, cascade: bool = False) -> list[str]:
+        """Delete a finished run, its rows and its files; returns the ids deleted.
+
+        A run that others were made from (a sweep's children, a model's
+        evaluations) goes only with ``cascade``, and then with all of them. A
+        run inside a sweep goes only with its sweep: the sweep's tallies count
+        it. Metrics that a deleted evaluation gave its model go too. Rows go
+        first, in one transaction that re-checks every state; files after, best
+        effort (a leftover folder costs space, never a wrong answer).
+        """
+        job = self.get(job_id)
+        with self.sessions.begin() as session:
+            if (group := self._group_above(session, job)) is not None:
+                raise JobConflict(f"job {job.id} is part of {group.kind} {group.id} ({group.name or 'unnamed'}):"
+                                  f" delete or archive the {group.kind} instead")
+            ids = self._subtree(session, job.id)
+            if len(ids) > 1 and not cascade:
+                raise RunHasChildren(f"job {job.id} has {len(ids) - 1} run(s) made from it (children, evaluations):"
+                                     " pass cascade=true to delete them with it")
+            self._refuse_unfinished(session, ids, "deleted")
+            session.execute(delete(JobMetric).where(JobMetric.job_id.in_(ids) | JobMetric.source_id.in_(ids)))
+            session.execute(delete(Artifact).where(Artifact.job_id.in_(ids)))
+            finished = [state.value for state in FINISHED_STATES]
+            try:
+                gone = session.execute(delete(Job).where(Job.id.in_(ids), Job.state.in_(finished))).rowcount
+            except IntegrityError:  # a run was made from one of these meanwhile (an evaluation submitted)
+                raise JobConflict(f"job {job.id} gained a run made from it meanwhile; retry to see it") from None
+            if gone != len(ids):  # one started meanwhile (a requeue): the transaction rolls back
+                raise JobNotFinished(f"job {job.id} or a run below it is no longer finished; cancel it first")
+        if self.artifacts is not None:
+            for gone_id in ids:
+                self.artifacts.delete(f"jobs/{gone_id}")
+        return ids
+
+    def bulk(self, action: str, ids: Any, cascade: bool = False) -> list[dict[str, Any]]:
+        """archive, restore or delete each of ``ids``; one result per id, as its own call would have answered."""
+        operations = {"archive": self.archive, "restore": self.restore,
+                      "delete": lambda job_id: self.delete(job_id, cascade)}
+        if action not in operations:
+            raise SpecError([("action", f"must be one of {', '.join(operations)}, got {str(action)[:40]!r}")])
+        if not isinstance(ids, list) or not 1 <= len(ids) <= PAGE_MAX or not all(isinstance(i, str) for i in ids):
+            raise SpecError([("ids", f"must be a list of 1 to {PAGE_MAX} job ids")])
+        results = []
+        for job_id in ids:
+            try:
+                operations[action](job_id)
+                results.append({"id": job_id, "ok": True, "status": 204 if action == "delete" else 200, "detail": None})
+            except LatentForgeError as exc:
+                results.append({"id": job_id, "ok": False, "status": exc.status, "detail": str(exc)})
+        return results
+
+    @staticmethod
+    def _subtree(session: Session, job_id: str) -> list[str]:
+        """The job and every job below it (children, their follow-ups, ...), the job first."""
+        found, frontier = [job_id], [job_id]
+        while frontier:
+            frontier = list(session.scalars(select(Job.id).where(Job.parent_id.in_(frontier))))
+            found += frontier
+        return found
+
+    @staticmethod
+    def _refuse_unfinished(session: Session, ids: list[str], verb: str) -> None:
+        live = session.execute(select(Job.id, Job.state).where(
+            Job.id.in_(ids), Job.state.not_in([s.value for s in FINISHED_STATES]))).first()
+        if live is not None:
+            which = "it" if live.id == ids[0] else f"job {live.id} below it"
+            raise JobNotFinished(f"job {ids[0]} cannot be {verb} while {which} is {live.state}; cancel it first")
+
+    @staticmethod
+    def _group_above(session: Session, job: Job) -> Job | None:
+        """The nearest fan-out job (a sweep) this job was made under, if any."""
+        parent_id = job.parent_id
+        while parent_id is not None:
+            parent = session.get(Job, parent_id)
+            if parent is None:
+                return None
+            if parent.kind in names() and get_kind(parent.kind).fan_out is not None:
+                return parent
+            parent_id = parent.parent_id
+        return None
 
 
 def _choice(name: str, value: str | None, allowed: list[str]) -> str | None:

@@ -416,3 +416,38 @@ class JobCreate(BaseModel):
             return cls.model_validate(body)
         except ValidationError as exc:
             raise SpecError.from_validation(exc) from None
+
+
+def note_text(value: str) -> str:
+    """A note may span lines: line breaks and tabs pass, other control characters are refused as in names."""
+    no_control_characters(value.replace("\r\n", "\n").replace("\n", " ").replace("\t", " "))
+    return value.replace("\r\n", "\n")
+
+
+Note = Annotated[str, StringConstraints(max_length=10_000), AfterValidator(note_text)]
+
+
+class RunEdit(BaseModel):
+    """A change to a run's own words (PATCH /jobs/{id}): its name, tags and note; what it ran stays as it was."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name | None = None
+    tags: Annotated[list[Tag], Field(max_length=20)] | None = None
+    note: Note | None = None
+
+    @classmethod
+    def parse(cls, body: Any) -> "RunEdit":
+        if not isinstance(body, dict) or not body:
+            raise SpecError([("(body)", "must be a JSON object with one or more of 'name', 'tags', 'note'")])
+        try:
+            edit = cls.model_validate(body)
+        except ValidationError as exc:
+            raise SpecError.from_validation(exc) from None
+        if "tags" in edit.model_fields_set and edit.tags is None:
+            raise SpecError([("tags", "must be a list (empty to remove every tag)")])
+        return edit
+
+    def changes(self) -> dict[str, Any]:
+        """The columns to write: only the fields the request gave (null clears a name or note)."""
+        return {name: getattr(self, name) for name in self.model_fields_set}
