@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None, *, check_database: bool = True)
     store = JobStore(sessions, lambda job_id, queue: publish(celery_app, job_id, queue), settings.max_attempts)
     services = Services(
         settings=settings, engine=engine, sessions=sessions, celery=celery_app, store=store, artifacts=artifacts,
-        jobs=JobService(sessions, store), watcher=JobWatcher(sessions, settings.max_streams),
+        jobs=JobService(sessions, store, artifacts), watcher=JobWatcher(sessions, settings.max_streams),
     )
 
     app = Flask(__name__)
@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None, *, check_database: bool = True)
     from api.health import bp as health_bp
     from api.jobs import bp as jobs_bp
     from api.openapi import bp as openapi_bp
+    from api.openapi import docs_bp
 
     register_error_handlers(app)
     configure_sessions(app, settings.api_token)
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, *, check_database: bool = True)
     app.register_blueprint(artifacts_bp, url_prefix=API_PREFIX)
     app.register_blueprint(health_bp, url_prefix=API_PREFIX)
     app.register_blueprint(openapi_bp, url_prefix=API_PREFIX)
+    app.register_blueprint(docs_bp)
     app.register_blueprint(gallery_bp)
     app.config["CSP"] = content_security_policy(redirect_origin(artifacts, settings.artifact_redirect))
     return app
