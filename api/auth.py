@@ -23,11 +23,14 @@ from urllib.parse import urlsplit
 from flask import Flask, current_app, redirect, request, session, url_for
 
 from api.errors import Problem
+from api.openapi import DOCS_PATH
 
 SESSION_KEY = "signed_in"
 SESSION_LIFETIME = timedelta(hours=12)
 OPEN_PATHS = frozenset({"/api/v1/health", "/signin", "/favicon.ico"})
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Pages for people under /api/: like the gallery's, they send a browser that is not signed in to sign in.
+PAGES_UNDER_API = frozenset({DOCS_PATH})
 
 
 def token_matches(given: str, expected: str) -> bool:
@@ -112,7 +115,7 @@ def authenticate_request():
         raise unauthorized("the bearer token is not valid for this server", invalid=True)
     if bearer == "valid":
         return None
-    if path.startswith("/api/"):
+    if path.startswith("/api/") and path not in PAGES_UNDER_API:
         if reading and signed_in():
             return None
         raise unauthorized("this server requires a token: send 'Authorization: Bearer <token>'")

@@ -1,21 +1,75 @@
-"""The OpenAPI 3.1 document, built from the same pydantic models that validate requests."""
+"""The OpenAPI 3.1 document, built from the same pydantic models that validate requests, and the page that
+shows it (/api/docs: the vendored Swagger UI, started by api/static/api-docs.js).
+
+The document is built per request from the kinds registered then, so plugin kinds (LATENTFORGE_PLUGINS) are in
+it with their spec schemas.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, jsonify, render_template, url_for
 
 from api.context import API_PREFIX
 from api.schemas import JobList, JobOut, ProblemOut
 from api.streams import MAX_JOBS_PER_STREAM
 from shared.db import JobState
-from shared.kinds import KINDS
-from shared.specs import JobCreate
+from shared.kinds import KINDS, JobKind
+from shared.specs import JobCreate, Spec
 
 bp = Blueprint("openapi", __name__)
+docs_bp = Blueprint("api_docs", __name__)
 
+DOCS_PATH = "/api/docs"
 REF = "#/components/schemas/{model}"
+
+
+def request_schema_name(kind: str) -> str:
+    """The component name of one kind's request ("train" -> "TrainJobCreate"): a generated client's class name."""
+    return "".join(word.capitalize() for word in re.split(r"[^0-9A-Za-z]+", kind)) + "JobCreate"
+
+
+def _kind_request(kind: JobKind, common: dict[str, Any]) -> dict[str, Any]:
+    """One kind's request: ``kind`` fixed to its name, ``spec`` its spec model's schema, the other fields as in
+    JobCreate. A spec with required fields makes ``spec`` required: an absent spec is an empty one."""
+    spec_required = any(field.is_required() for field in kind.spec.model_fields.values())
+    return {
+        "title": request_schema_name(kind.name), "description": f"{kind.name}: {kind.help}",
+        "type": "object", "additionalProperties": False,
+        "properties": {"kind": {"type": "string", "const": kind.name},
+                       "spec": {"$ref": REF.format(model=kind.spec.__name__)}, **common},
+        "required": ["kind", "spec"] if spec_required else ["kind"],
+    }
+
+
+def _job_create(base: dict[str, Any], kinds: list[JobKind]) -> dict[str, dict[str, Any]]:
+    """JobCreate as a union discriminated by ``kind``, one request schema per kind the API accepts, so generated
+    clients have a typed spec for each kind (the pydantic model itself takes any object as spec and checks it
+    against the kind's model afterwards)."""
+    common = {name: field for name, field in base["properties"].items() if name not in ("kind", "spec")}
+    requests = {request_schema_name(kind.name): _kind_request(kind, common) for kind in kinds}
+    return {"JobCreate": {"title": "JobCreate", "description": base["description"],
+                          "oneOf": [{"$ref": REF.format(model=name)} for name in requests],
+                          "discriminator": {"propertyName": "kind", "mapping": {
+                              kind.name: REF.format(model=request_schema_name(kind.name)) for kind in kinds}}},
+            **requests}
+
+
+def _require_tag_off_default(spec: type[Spec], schemas: dict[str, Any]) -> None:
+    """A spec that is a union discriminated by a field with a default (TrainSpec: ``model``, default "ae") reads a
+    request without that field as the default's branch. pydantic leaves the field optional in every branch, so such
+    a request would match them all and fail the oneOf: require the field in every branch but the default's."""
+    discriminator = schemas[spec.__name__].get("discriminator")
+    field = spec.model_fields.get(discriminator["propertyName"]) if discriminator else None
+    if field is None or field.is_required():
+        return
+    tag = discriminator["propertyName"]
+    for value, ref in discriminator["mapping"].items():
+        branch = schemas[ref.removeprefix(REF.format(model=""))]
+        if value != field.default and tag not in branch.get("required", []):
+            branch["required"] = [*branch.get("required", []), tag]
 
 
 def _schemas() -> dict[str, Any]:
@@ -26,9 +80,10 @@ def _schemas() -> dict[str, Any]:
     for name, schema in documents:
         schemas.update(schema.pop("$defs", {}))
         schemas[name] = schema
-    schemas["JobCreate"]["properties"]["kind"]["enum"] = list(KINDS)
-    schemas["JobCreate"]["properties"]["spec"]["description"] = "the kind's spec: " + ", ".join(
-        f"{name}: {kind.spec.__name__}" for name, kind in KINDS.items())
+    for kind in KINDS.values():
+        _require_tag_off_default(kind.spec, schemas)
+    # Internal kinds (a study's report) are made by the queue only: POST /jobs refuses them.
+    schemas.update(_job_create(schemas.pop("JobCreate"), [kind for kind in KINDS.values() if not kind.internal]))
     return schemas
 
 
@@ -77,7 +132,7 @@ def build_document() -> dict[str, Any]:
         "info": {"title": "LatentForge API", "version": "1",
                  "description": "Queue train, embed and sample jobs on autoencoders and fetch their artifacts."
                                 " With LATENTFORGE_API_TOKEN set, every route but /health needs"
-                                " 'Authorization: Bearer <token>' (the scheme word in any case); reads also"
+                                " `Authorization: Bearer <token>` (the scheme word in any case); reads also"
                                 " accept the gallery's session cookie, and LATENTFORGE_PUBLIC_READ=1 opens them."},
         "servers": [{"url": API_PREFIX}],
         "security": READ,
@@ -175,3 +230,8 @@ def build_document() -> dict[str, Any]:
 @bp.get("/openapi.json")
 def openapi() -> Any:
     return jsonify(build_document())
+
+
+@docs_bp.get(DOCS_PATH)
+def api_docs() -> Any:
+    return render_template("api_docs.html", document_url=url_for("openapi.openapi"))
