@@ -77,7 +77,9 @@ def test_a_kind_defined_here_runs_end_to_end(stack):
 
     # The OpenAPI document and the gallery know it: its schema, a filter choice and a form from its spec.
     schemas = stack.get("/openapi.json").json()["components"]["schemas"]
-    assert "tally" in schemas["JobCreate"]["properties"]["kind"]["enum"] and "TallySpec" in schemas
+    tally = schemas["TallyJobCreate"]  # one branch of JobCreate's oneOf, chosen by kind
+    assert tally["properties"]["kind"]["const"] == "tally" and tally["properties"]["spec"]["$ref"].endswith("/TallySpec")
+    assert schemas["JobCreate"]["discriminator"]["mapping"]["tally"] == "#/components/schemas/TallyJobCreate"
     page = requests.get(stack.url + "/", timeout=30).text
     assert 'id="tally-form"' in page and 'name="times" value="3"' in page and '<option value="tally"' in page
 
