@@ -17,6 +17,7 @@ from api.gallery import content_security_policy
 from api.openapi import request_schema_name
 from shared.kinds import KINDS
 from shared.settings import Settings
+from shared.specs import MODEL_SPECS, TrainSpec
 from tests.test_gallery_browser import ARGS, CHROMIUM, SHOTS, Console
 
 TOKEN = "docs-token-81f3"
@@ -103,23 +104,31 @@ def test_job_create_is_one_typed_request_per_kind(document):
 
     for branch in branches:
         kind = accepted[branch["properties"]["kind"]["const"]]
-        assert set(branch["properties"]) == {"kind", "spec", "name", "tags"} and branch["additionalProperties"] is False
-        assert branch["properties"]["tags"]["maxItems"] == 20 and branch["properties"]["name"]["anyOf"][0]["maxLength"] == 200
-        spec = component(document, branch["properties"]["spec"]["$ref"])
-        if "oneOf" in spec:  # a spec that is a union (train: by model): each branch is one model's fields
-            models = [component(document, entry["$ref"]) for entry in spec["oneOf"]]
-            assert set().union(*(m["properties"] for m in models)) == set(kind.spec.field_names())
+        fields = branch["properties"]
+        assert set(fields) == {"kind", "spec", "name", "tags"} and branch["additionalProperties"] is False
+        assert fields["tags"]["maxItems"] == 20 and fields["name"]["anyOf"][0]["maxLength"] == 200
+        spec = component(document, fields["spec"]["$ref"])
+        if kind.spec is TrainSpec:  # a union chosen by model: each branch is one model's fields
+            assert spec["discriminator"]["propertyName"] == "model"
+            for model, ref in spec["discriminator"]["mapping"].items():
+                assert set(component(document, ref)["properties"]) == set(MODEL_SPECS[model].model_fields), model
+            assert set(spec["discriminator"]["mapping"]) == set(MODEL_SPECS)
         else:
             assert set(spec["properties"]) == set(kind.spec.model_fields), kind.name
             assert set(spec.get("required", [])) == {n for n, f in kind.spec.model_fields.items() if f.is_required()}
         assert ("spec" in branch["required"]) == bool(spec.get("required")), kind.name
 
-    embed = component(document, job_create["discriminator"]["mapping"]["embed"])
-    assert embed["required"] == ["kind", "spec"] and component(document, embed["properties"]["spec"]["$ref"])[
-        "properties"]["model_job"]["type"] == "string"
-    plugin_spec = component(document, component(document, job_create["discriminator"]["mapping"][PLUGIN_KIND])[
-        "properties"]["spec"]["$ref"])
-    assert plugin_spec["properties"]["artifact_name"]["type"] == "string" and plugin_spec["required"] == ["artifact_name"]
+    def request_of(kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        request = component(document, job_create["discriminator"]["mapping"][kind])
+        return request, component(document, request["properties"]["spec"]["$ref"])
+
+    embed, embed_spec = request_of("embed")
+    assert embed["required"] == ["kind", "spec"] and embed_spec["properties"]["model_job"]["type"] == "string"
+    train, _ = request_of("train")
+    assert train["required"] == ["kind"]  # every train field has a default: an absent spec is the default model
+    plugin, plugin_spec = request_of(PLUGIN_KIND)
+    assert plugin["required"] == ["kind", "spec"] and plugin_spec["required"] == ["artifact_name"]
+    assert plugin_spec["properties"]["artifact_name"]["type"] == "string"
 
 
 def test_train_models_are_told_apart_by_model_which_defaults_to_ae(document):
