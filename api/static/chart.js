@@ -1,18 +1,33 @@
 // A small SVG line chart (no library): series of {label, points: [[x, y], ...]}, and on top of it a
-// metric chart: every numeric metric of a per-epoch history, chosen from an HTML legend, with a log scale.
+// metric chart: every numeric column of a per-epoch history (losses and terms, learning rates, seconds,
+// samples/s), chosen from an HTML legend, with a log scale, EMA smoothing and hover values.
 //
 // Hooks for tests: the legend is [data-role=metric-legend] with one button[data-metric=KEY][aria-pressed]
-// per metric; the log toggle is input[data-role=log-scale]; each drawn series is the only kind of <path>
-// in the chart's SVG and carries data-metric (and data-run on the compare page); the SVG has data-scale.
+// per metric; the log toggle is input[data-role=log-scale]; the smoothing slider input[data-role=smoothing].
+// Each drawn series is the only kind of <path> in the chart's SVGs and carries data-metric (and data-run on
+// the compare page); with smoothing above 0 the raw values are a faint <polyline class="raw-line"> behind it
+// (same data attributes). Metrics of different units get an SVG panel each ([data-family]), stacked on one
+// epoch axis; each SVG has data-scale. Hovering the plot ([data-role=chart-plot], also focusable: arrow
+// keys, Home, End, Escape) shows a vertical guide and [data-role=chart-tooltip] with [data-role=tooltip-epoch]
+// and a row per series: [data-metric][data-run] with data-value (the plotted value, full precision) and
+// data-raw (the history's own value).
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
-// Keys of a history row that are not metrics: the x axis and timing.
-const NOT_METRICS = new Set(["epoch", "seconds", "samples_per_s", "total"]);
+// Keys of a history row that are not metrics: the x axis, and the run's epoch count a progress event carries.
+const NOT_METRICS = new Set(["epoch", "total"]);
 const DEFAULT_METRICS = ["train_loss", "test_loss"];
-// Marker shapes, one per base metric (loss, recon, kl, ...): on the compare page colour means the run.
-// None of them is a <path>: the series lines are the only paths (tests count them).
+// Unit families, in the order their panels stack: metrics of one family share a y axis; a family of its own
+// per unit, so that seconds never squash a loss of 0.04 onto the x axis. axis: the y label (null: from the
+// metrics shown); legend: the heading the family's buttons sit under.
+const FAMILIES = [
+  { id: "metric", axis: null, legend: "Losses and terms" },
+  { id: "lr", axis: "learning rate", legend: "Learning rate" },
+  { id: "seconds", axis: "seconds per epoch", legend: "Speed" },
+  { id: "throughput", axis: "samples/s", legend: "Speed" },
+];
+const PANEL_HEIGHT = { single: 320, stacked: 210 };
 const MARKERS = ["circle", "square", "triangle", "diamond", "triangle-down", "cross"];
 const DASH = "6 4";
 const NEUTRAL = "#475467";
@@ -54,7 +69,8 @@ function logTicks(lo, hi) {
 function formatTick(t) {
   if (t === 0) return "0";
   const a = Math.abs(t);
-  if (a >= 1e5 || a < 1e-3) return t.toExponential(1).replace(".0e", "e");
+  if (a >= 1e6 || a < 1e-4) return t.toExponential(1).replace(".0e", "e").replace("e+", "e");
+  if (a >= 1e4) return String(+(t / 1000).toPrecision(4)) + "k";  // samples/s: 80k, 120k
   return String(+t.toPrecision(4));
 }
 
@@ -79,32 +95,34 @@ function markerShape(shape, x, y, colour) {
   }
 }
 
-// series: [{label, points: [[x, y], ...], colour?, dashed?, marker?, metric?, run?}]
-// opts: width, height, xLabel, yLabel, log (y axis), legend (draw the in-SVG legend; default true), emptyText.
-function drawChart(container, series, opts) {
-  // fractionalX: tick the x axis between integers too (epochs are whole; a swept lr is not).
-  opts = Object.assign({ width: 760, height: 320, xLabel: "epoch", yLabel: "MSE loss", log: false, legend: true,
-    emptyText: "No epochs yet.", fractionalX: false }, opts || {});
-  const W = opts.width, H = opts.height, m = { l: 64, r: 16, t: 12, b: 44 };
+// series: [{label, points: [[x, y], ...], raw?, colour?, dashed?, marker?, metric?, run?}]; raw: the unsmoothed
+// points, drawn faint behind the line. opts: width, height, xLabel, yLabel, log (y axis), legend (draw the
+// in-SVG legend; default true), xDomain ([x0, x1]: panels stacked on one axis share it), xTitle (write xLabel
+// under the axis; stacked panels write it under the last one only), fractionalX (tick the x axis between
+// integers too: epochs are whole, a swept lr is not).
+// Returns null when no point is finite (and above zero on a log axis), else {svg, series, mark(x), toData(clientX),
+// toClient(x)}: mark draws the hover guide and a dot on each series at data x (null hides them).
+function renderChart(series, opts) {
+  opts = Object.assign({ width: 760, height: PANEL_HEIGHT.single, xLabel: "epoch", yLabel: "MSE loss", log: false,
+    legend: true, xDomain: null, xTitle: true, fractionalX: false }, opts || {});
+  const W = opts.width, H = opts.height, m = { l: 64, r: 16, t: 12, b: opts.xTitle ? 44 : 26 };
   const usable = (p) => Number.isFinite(p[0]) && Number.isFinite(p[1]) && (!opts.log || p[1] > 0);
-  series = series.map((s) => Object.assign({}, s, { points: s.points.filter(usable) }));
-  const all = series.flatMap((s) => s.points);
-  container.replaceChildren();
-  if (!all.length) {
-    const p = document.createElement("p");
-    p.className = "empty";
-    p.textContent = opts.emptyText;
-    container.appendChild(p);
-    return null;
-  }
+  series = series.map((s, i) => Object.assign({}, s, {
+    colour: s.colour || COLOURS[i % COLOURS.length],
+    points: s.points.filter(usable), raw: s.raw ? s.raw.filter(usable) : null,
+  }));
+  const all = series.flatMap((s) => s.points.concat(s.raw || []));
+  if (!all.length) return null;
   const fy = opts.log ? Math.log10 : (y) => y;
   const xs = all.map((p) => p[0]), ys = all.map((p) => fy(p[1]));
-  let x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
+  let [x0, x1] = opts.xDomain || [Math.min(...xs), Math.max(...xs)];
+  let y0 = Math.min(...ys), y1 = Math.max(...ys);
   if (x1 === x0) x1 = x0 + 1;
   const pad = (y1 - y0) * 0.08 || (opts.log ? 0.1 : Math.abs(y0) * 0.1) || 1;
   y0 -= pad; y1 += pad;
   const sx = (x) => m.l + ((x - x0) / (x1 - x0)) * (W - m.l - m.r);
   const sy = (y) => H - m.b - ((fy(y) - y0) / (y1 - y0)) * (H - m.t - m.b);
+  const xy = (p) => sx(p[0]).toFixed(1) + " " + sy(p[1]).toFixed(1);
   const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, class: "line-chart", role: "img",
     "aria-label": opts.yLabel + " per " + opts.xLabel, "data-scale": opts.log ? "log" : "linear" });
   const yTicks = opts.log ? logTicks(Math.pow(10, y0), Math.pow(10, y1)) : niceTicks(y0, y1, 5);
@@ -115,18 +133,25 @@ function drawChart(container, series, opts) {
   for (const t of niceTicks(x0, x1, 8).filter((t) => opts.fractionalX || Number.isInteger(t))) {
     svg.appendChild(svgEl("text", { x: sx(t), y: H - m.b + 16, class: "tick", "text-anchor": "middle" }, String(t)));
   }
-  svg.appendChild(svgEl("text", { x: (m.l + W - m.r) / 2, y: H - 6, class: "axis", "text-anchor": "middle" }, opts.xLabel));
+  if (opts.xTitle) svg.appendChild(svgEl("text", { x: (m.l + W - m.r) / 2, y: H - 6, class: "axis", "text-anchor": "middle" }, opts.xLabel));
   svg.appendChild(svgEl("text", { x: 14, y: (m.t + H - m.b) / 2, class: "axis", "text-anchor": "middle",
     transform: `rotate(-90 14 ${(m.t + H - m.b) / 2})` }, opts.yLabel + (opts.log ? " (log)" : "")));
+  const tag = (el, s) => {
+    if (s.metric !== undefined) el.setAttribute("data-metric", s.metric);
+    if (s.run !== undefined) el.setAttribute("data-run", s.run);
+    return el;
+  };
   let legendRow = 0;
-  series.forEach((s, i) => {
-    const colour = s.colour || COLOURS[i % COLOURS.length];
+  series.forEach((s) => {
+    const colour = s.colour;
     if (s.points.length) {
-      const d = s.points.map((p, j) => (j ? "L" : "M") + sx(p[0]).toFixed(1) + " " + sy(p[1]).toFixed(1)).join(" ");
       const g = svgEl("g", { class: "series" });
-      const path = svgEl("path", { d, fill: "none", stroke: colour, "stroke-width": 2, "stroke-dasharray": s.dashed ? DASH : "none" });
-      if (s.metric !== undefined) path.setAttribute("data-metric", s.metric);
-      if (s.run !== undefined) path.setAttribute("data-run", s.run);
+      if (s.raw && s.raw.length) {
+        g.appendChild(tag(svgEl("polyline", { class: "raw-line", points: s.raw.map(xy).join(" "), fill: "none", stroke: colour,
+          "stroke-width": 1.5, "stroke-dasharray": s.dashed ? DASH : "none" }), s));
+      }
+      const d = s.points.map((p, j) => (j ? "L" : "M") + xy(p)).join(" ");
+      const path = tag(svgEl("path", { d, fill: "none", stroke: colour, "stroke-width": 2, "stroke-dasharray": s.dashed ? DASH : "none" }), s);
       path.appendChild(svgEl("title", {}, s.label));
       g.appendChild(path);
       for (const p of s.points) g.appendChild(markerEl(s.marker, sx(p[0]), sy(p[1]), colour, s.dashed));
@@ -139,8 +164,57 @@ function drawChart(container, series, opts) {
       svg.appendChild(svgEl("text", { x: W - m.r - 124, y: ly, class: "legend" }, s.label));
     }
   });
-  container.appendChild(svg);
-  return svg;
+  const hover = svgEl("g", { class: "hover", visibility: "hidden" });
+  const guide = svgEl("line", { class: "hover-guide", y1: m.t, y2: H - m.b });
+  svg.appendChild(hover);
+  // Between the viewBox and the page: the SVG scales with its box (and keeps its aspect ratio).
+  const toPage = (x, y, inverse) => {
+    const ctm = svg.getScreenCTM();
+    if (!ctm) return null;
+    return new DOMPoint(x, y).matrixTransform(inverse ? ctm.inverse() : ctm);
+  };
+  return {
+    svg, series,
+    mark(x) {
+      hover.replaceChildren();
+      hover.setAttribute("visibility", x === null ? "hidden" : "visible");
+      if (x === null) return;
+      guide.setAttribute("x1", sx(x));
+      guide.setAttribute("x2", sx(x));
+      guide.setAttribute("data-x", x);
+      hover.appendChild(guide);
+      for (const s of series) {
+        const p = s.points.find((q) => q[0] === x);
+        if (p) hover.appendChild(svgEl("circle", { class: "hover-dot", cx: sx(p[0]), cy: sy(p[1]), r: 4.5, stroke: s.colour }));
+      }
+    },
+    toData(clientX) {
+      const local = toPage(clientX, 0, true);
+      return local && x0 + ((local.x - m.l) / (W - m.l - m.r)) * (x1 - x0);
+    },
+    toClient(x) {
+      return toPage(sx(x), m.t, false);
+    },
+  };
+}
+
+// A chart drawn into container, replacing what it held (or an empty-state line); returns its SVG or null.
+function drawChart(container, series, opts) {
+  opts = Object.assign({ emptyText: "No epochs yet." }, opts || {});
+  const chart = renderChart(series, opts);
+  if (!chart) {
+    container.replaceChildren(emptyLine(opts.emptyText));
+    return null;
+  }
+  container.replaceChildren(chart.svg);
+  return chart.svg;
+}
+
+function emptyLine(text) {
+  const p = document.createElement("p");
+  p.className = "empty";
+  p.textContent = text;
+  return p;
 }
 
 const finite = (v) => typeof v === "number" && Number.isFinite(v);
@@ -157,9 +231,31 @@ function lossSeries(history, prefix, colour) {
   ];
 }
 
+// TensorBoard's smoothing: an exponential moving average with weight in [0, 1), debiased so that the first
+// point is the first value (no pull towards zero). Weight 0 gives the points back unchanged.
+function smooth(points, weight) {
+  if (!(weight > 0)) return points;
+  let last = 0;
+  return points.map(([x, y], i) => {
+    last = last * weight + (1 - weight) * y;
+    return [x, last / (1 - Math.pow(weight, i + 1))];
+  });
+}
+
 function isMetricKey(key, value) {
   return !NOT_METRICS.has(key) && typeof value === "number";
 }
+
+const isLearningRate = (key) => key === "lr" || key.startsWith("lr_");
+
+// The unit family of a metric (see FAMILIES): its panel and its legend group.
+function familyOf(key) {
+  if (key === "seconds") return "seconds";
+  if (key === "samples_per_s") return "throughput";
+  return isLearningRate(key) ? "lr" : "metric";
+}
+
+const familyRank = (key) => FAMILIES.findIndex((f) => f.id === familyOf(key));
 
 // "test_kl" -> {split: "test", base: "kl"}; a key without a split prefix is its own base.
 function splitMetric(key) {
@@ -168,10 +264,12 @@ function splitMetric(key) {
 }
 
 function metricLabel(key) {
+  if (key === "samples_per_s") return "samples/s";
   return key.replace(/_/g, " ");
 }
 
-// Every metric key of a history: loss first, then the other bases in the order they appear; train before test.
+// Every metric key of a history, family by family (FAMILIES); within one, loss first, then the other bases in
+// the order they appear; train before test.
 function metricKeys(history) {
   const keys = [];
   for (const row of history || []) {
@@ -183,7 +281,7 @@ function metricKeys(history) {
   const splitRank = { train: 0, test: 1, "": 2 };
   return keys.sort((a, b) => {
     const A = splitMetric(a), B = splitMetric(b);
-    return baseRank(A.base) - baseRank(B.base) || splitRank[A.split] - splitRank[B.split];
+    return familyRank(a) - familyRank(b) || baseRank(A.base) - baseRank(B.base) || splitRank[A.split] - splitRank[B.split];
   });
 }
 
@@ -226,65 +324,100 @@ function saveChoices(storageKey, choices) {
   try { window.sessionStorage.setItem(storageKey, JSON.stringify(choices)); } catch (error) { /* storage off */ }
 }
 
-// A chart of every metric of one or more runs, with an HTML legend to choose the metrics and a log toggle.
+// A number for the tooltip: four significant digits, whole numbers above a thousand with separators.
+function formatValue(v) {
+  const a = Math.abs(v);
+  if (a >= 1000) return Math.round(v).toLocaleString("en-US");
+  if (a !== 0 && a < 1e-4) return v.toExponential(3).replace(/\.?0+e/, "e");
+  return String(+v.toPrecision(4));
+}
+
+function element(name, className, text) {
+  const el = document.createElement(name);
+  if (className) el.className = className;
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+// A chart of every metric of one or more runs: an HTML legend to choose the metrics (grouped by unit family,
+// each family shown in a panel of its own), a log toggle, a smoothing slider, and hover values.
 // runs: [{id, label, history}]. options.perRun: colour per run (the compare page) rather than per metric,
 // with a key of the runs' colours. options.storageKey: where the user's choices live for this tab
 // (sessionStorage), so that they survive the reload at the end of a run. Returns {update(runs), visible(),
-// setVisible(key, on), setLog(on)}: update redraws with new histories and keeps the user's choices.
+// setVisible(key, on), setLog(on), setSmoothing(weight)}: update redraws with new histories and keeps the
+// user's choices.
 function metricChart(container, options) {
   options = Object.assign({ runs: [], perRun: false, storageKey: null, xLabel: "epoch" }, options || {});
   const storageKey = options.storageKey && "latentforge.chart:" + options.storageKey;
   const saved = storageKey ? loadChoices(storageKey) : {};
   const choices = new Map(Object.entries(saved.metrics || {}).filter(([, v]) => typeof v === "boolean"));
   let logWanted = saved.log === true;
+  const clampSmoothing = (w) => (finite(w) ? Math.min(0.99, Math.max(0, w)) : 0);
+  let smoothing = clampSmoothing(saved.smoothing);
   let runs = options.runs;
   let keys = [];
   let legendSignature = null;
+  let panels = []; // renderChart's results, one per unit family shown
+  let hoverX = null;
 
-  const wrap = document.createElement("div");
-  wrap.className = "metric-chart";
-  const plot = document.createElement("div");
-  plot.className = "chart-plot";
-  const side = document.createElement("div");
-  side.className = "chart-side";
-  const legendTitle = document.createElement("p");
-  legendTitle.className = "chart-side-title";
-  legendTitle.id = (container.id || "chart") + "-metrics-title";
-  legendTitle.textContent = "Metrics";
-  const legend = document.createElement("div");
-  legend.className = "metric-legend";
+  const base = container.id || "chart";
+  const wrap = element("div", "metric-chart");
+  // The plot: the panels and, over them, the tooltip. Focusable, so that arrow keys read the values too.
+  const plot = element("div", "chart-plot");
+  plot.setAttribute("data-role", "chart-plot");
+  plot.tabIndex = 0;
+  plot.setAttribute("aria-label", "Chart; hover, or use the arrow keys, to read each epoch's values");
+  const canvas = element("div", "chart-panels");
+  const tooltip = element("div", "chart-tooltip");
+  tooltip.id = base + "-tooltip";
+  tooltip.setAttribute("data-role", "chart-tooltip");
+  tooltip.setAttribute("aria-live", "polite");
+  tooltip.hidden = true;
+  plot.setAttribute("aria-describedby", tooltip.id);
+  plot.append(canvas, tooltip);
+
+  const side = element("div", "chart-side");
+  const legendTitle = element("p", "chart-side-title", "Metrics");
+  legendTitle.id = base + "-metrics-title";
+  const legend = element("div", "metric-legend");
   legend.setAttribute("data-role", "metric-legend");
   legend.setAttribute("role", "group");
   legend.setAttribute("aria-labelledby", legendTitle.id);
-  const logLabel = document.createElement("label");
-  logLabel.className = "log-toggle";
+  const logLabel = element("label", "log-toggle");
   const logBox = document.createElement("input");
   logBox.type = "checkbox";
   logBox.setAttribute("data-role", "log-scale");
   logLabel.append(logBox, document.createTextNode(" Log scale"));
-  side.append(legendTitle, legend, logLabel);
+  const smoothLabel = element("label", "smoothing-control");
+  smoothLabel.title = "An exponential moving average, as TensorBoard's: 0 draws the values as they are; " +
+    "above 0 the raw line stays faint behind the smoothed one.";
+  const smoothRow = element("span", "smoothing-row");
+  const smoothInput = document.createElement("input");
+  Object.assign(smoothInput, { type: "range", min: "0", max: "0.99", step: "0.01", value: String(smoothing) });
+  smoothInput.setAttribute("data-role", "smoothing");
+  const smoothValue = element("output", "smoothing-value", smoothing.toFixed(2));
+  smoothValue.setAttribute("data-role", "smoothing-value");
+  smoothRow.append(smoothInput, smoothValue);
+  smoothLabel.append(document.createTextNode("Smoothing"), smoothRow);
+  side.append(legendTitle, legend, logLabel, smoothLabel);
   let runLegend = null;
   if (options.perRun) {
-    const runTitle = document.createElement("p");
-    runTitle.className = "chart-side-title";
-    runTitle.textContent = "Runs";
-    runLegend = document.createElement("ul");
-    runLegend.className = "run-legend";
+    runLegend = element("ul", "run-legend");
     runLegend.setAttribute("data-role", "run-legend");
-    side.append(runTitle, runLegend);
+    side.append(element("p", "chart-side-title", "Runs"), runLegend);
   }
   wrap.append(plot, side);
   container.replaceChildren(wrap);
 
-  const save = () => storageKey && saveChoices(storageKey, { metrics: Object.fromEntries(choices), log: logWanted });
+  const save = () => storageKey && saveChoices(storageKey, { metrics: Object.fromEntries(choices), log: logWanted, smoothing });
 
   // Shown: the user's choice where they made one; otherwise train/test loss (or, where a model reports
   // neither, the first metric's train/test pair), every other metric hidden.
   function defaults() {
     const shown = keys.filter((k) => DEFAULT_METRICS.includes(k));
     if (shown.length || !keys.length) return new Set(shown);
-    const base = splitMetric(keys[0]).base;
-    return new Set(keys.filter((k) => splitMetric(k).base === base));
+    const first = splitMetric(keys[0]).base;
+    return new Set(keys.filter((k) => splitMetric(k).base === first));
   }
   function isVisible(key, fallback) {
     return choices.has(key) ? choices.get(key) : fallback.has(key);
@@ -296,8 +429,8 @@ function metricChart(container, options) {
 
   function styleOf(key) {
     const bases = metricBases(keys);
-    const { split, base } = splitMetric(key);
-    const i = Math.max(0, bases.indexOf(base));
+    const { split, base: b } = splitMetric(key);
+    const i = Math.max(0, bases.indexOf(b));
     return { dashed: split === "test", marker: MARKERS[i % MARKERS.length], colour: COLOURS[i % COLOURS.length] };
   }
 
@@ -306,20 +439,33 @@ function metricChart(container, options) {
     if (signature === legendSignature) return;
     legendSignature = signature;
     const focused = legend.contains(document.activeElement) ? document.activeElement.getAttribute("data-metric") : null;
-    legend.replaceChildren(...keys.map((key) => {
-      const style = styleOf(key);
-      const button = document.createElement("button");
-      button.type = "button";
-      button.className = "metric-toggle";
-      button.setAttribute("data-metric", key);
-      button.append(swatch(options.perRun ? NEUTRAL : style.colour, style.dashed, style.marker),
-        document.createTextNode(metricLabel(key)));
-      button.addEventListener("click", () => {
-        choices.set(key, button.getAttribute("aria-pressed") !== "true");
-        save();
-        redraw();
-      });
-      return button;
+    // One group per legend heading (the two speed families share one).
+    const groups = new Map();
+    for (const key of keys) {
+      const heading = FAMILIES.find((f) => f.id === familyOf(key)).legend;
+      if (!groups.has(heading)) groups.set(heading, []);
+      groups.get(heading).push(key);
+    }
+    legend.replaceChildren(...[...groups].map(([heading, members]) => {
+      const group = element("div", "metric-group");
+      group.setAttribute("role", "group");
+      group.setAttribute("aria-label", heading);
+      if (groups.size > 1) group.append(element("p", "metric-group-title", heading));
+      group.append(...members.map((key) => {
+        const style = styleOf(key);
+        const button = element("button", "metric-toggle");
+        button.type = "button";
+        button.setAttribute("data-metric", key);
+        button.append(swatch(options.perRun ? NEUTRAL : style.colour, style.dashed, style.marker),
+          document.createTextNode(metricLabel(key)));
+        button.addEventListener("click", () => {
+          choices.set(key, button.getAttribute("aria-pressed") !== "true");
+          save();
+          redraw();
+        });
+        return button;
+      }));
+      return group;
     }));
     if (focused) {
       const again = legend.querySelector(`[data-metric="${CSS.escape(focused)}"]`);
@@ -339,6 +485,13 @@ function metricChart(container, options) {
     }));
   }
 
+  // The y label of a family's panel: its own unit, or for losses and terms the one base shown ("loss", "kl").
+  function axisLabel(family, shownKeys) {
+    if (family.axis) return family.axis;
+    const bases = metricBases(shownKeys);
+    return bases.length === 1 ? metricLabel(bases[0]) : "value";
+  }
+
   function redraw() {
     const shown = visible();
     for (const button of legend.querySelectorAll("button[data-metric]")) {
@@ -356,30 +509,130 @@ function metricChart(container, options) {
     logBox.title = why;
     logLabel.title = why;
     logLabel.classList.toggle("disabled", !logAllowed);
+    smoothInput.value = String(smoothing);
+    smoothValue.textContent = smoothing.toFixed(2);
 
-    const series = [];
-    runs.forEach((r, i) => {
-      for (const key of shown) {
-        const points = metricPoints(r.history, key);
-        if (!points.length) continue;
-        const style = styleOf(key);
-        series.push({
-          label: (options.perRun ? r.label + " · " : "") + metricLabel(key), metric: key, points,
-          run: options.perRun ? r.id : undefined, dashed: style.dashed, marker: style.marker,
-          colour: options.perRun ? COLOURS[i % COLOURS.length] : style.colour,
-        });
-      }
+    const byFamily = FAMILIES.map((family) => ({ family, keys: shown.filter((k) => familyOf(k) === family.id), series: [] }));
+    const xs = [];
+    for (const panel of byFamily) {
+      runs.forEach((r, i) => {
+        for (const key of panel.keys) {
+          const raw = metricPoints(r.history, key);
+          if (!raw.length) continue;
+          xs.push(...raw.map((p) => p[0]));
+          const style = styleOf(key);
+          panel.series.push({
+            label: (options.perRun ? r.label + " · " : "") + metricLabel(key), metric: key,
+            points: smooth(raw, smoothing), raw: smoothing > 0 ? raw : null, values: raw,
+            run: options.perRun ? r.id : undefined, dashed: style.dashed, marker: style.marker,
+            colour: options.perRun ? COLOURS[i % COLOURS.length] : style.colour,
+          });
+        }
+      });
+    }
+    const drawn = byFamily.filter((p) => p.series.length);
+    panels = [];
+    drawn.forEach(({ family, keys: familyKeys, series }, i) => {
+      const last = i === drawn.length - 1;
+      const chart = renderChart(series, {
+        legend: false, log: logBox.checked, xLabel: options.xLabel, yLabel: axisLabel(family, familyKeys), xTitle: last,
+        height: drawn.length === 1 ? PANEL_HEIGHT.single : PANEL_HEIGHT.stacked - (last ? 0 : 18),
+        xDomain: [Math.min(...xs), Math.max(...xs)],
+      });
+      if (!chart) return;
+      chart.svg.setAttribute("data-family", family.id);
+      panels.push(chart);
     });
-    const bases = metricBases(shown);
-    drawChart(plot, series, {
-      legend: false, log: logBox.checked, xLabel: options.xLabel,
-      yLabel: bases.length === 1 ? metricLabel(bases[0]) : "value",
-      emptyText: !keys.length ? "No epochs yet." : "No metric selected: choose one in the legend.",
-    });
+    if (panels.length) {
+      canvas.replaceChildren(...panels.map((p) => p.svg));
+    } else {
+      canvas.replaceChildren(emptyLine(!keys.length ? "No epochs yet." : "No metric selected: choose one in the legend."));
+    }
+    plot.classList.toggle("stacked", panels.length > 1);
+    if (hoverX !== null && epochs().includes(hoverX)) showAt(hoverX);
+    else hide();
   }
+
+  // Every x of the drawn series, ascending: where the hover can stop.
+  function epochs() {
+    const all = new Set(panels.flatMap((p) => p.series.flatMap((s) => s.points.map((q) => q[0]))));
+    return [...all].sort((a, b) => a - b);
+  }
+
+  function hide() {
+    hoverX = null;
+    for (const p of panels) p.mark(null);
+    tooltip.hidden = true;
+  }
+
+  function showAt(x) {
+    hoverX = x;
+    for (const p of panels) p.mark(x);
+    const head = element("div", "tip-head");
+    head.setAttribute("data-role", "tooltip-epoch");
+    head.setAttribute("data-x", x);
+    head.textContent = options.xLabel + " " + x;
+    const rows = [];
+    for (const p of panels) {
+      for (const s of p.series) {
+        const i = s.points.findIndex((q) => q[0] === x);
+        if (i < 0) continue;
+        const value = s.points[i][1], raw = s.values.find((q) => q[0] === x)[1];
+        const row = element("div", "tip-row");
+        row.setAttribute("data-metric", s.metric);
+        if (s.run !== undefined) row.setAttribute("data-run", s.run);
+        row.setAttribute("data-value", String(value));
+        row.setAttribute("data-raw", String(raw));
+        // The raw value beside a smoothed one, where they differ at the precision shown.
+        const rawText = s.raw && formatValue(raw) !== formatValue(value) ? "raw " + formatValue(raw) : "";
+        row.append(swatch(s.colour, s.dashed, s.marker), element("span", "tip-label", s.label),
+          element("span", "tip-value", formatValue(value)), element("span", "tip-raw", rawText));
+        rows.push(row);
+      }
+    }
+    tooltip.replaceChildren(head, ...rows);
+    tooltip.hidden = false;
+    // Beside the guide, on the side with room for it.
+    const at = panels[0].toClient(x), box = plot.getBoundingClientRect();
+    if (!at) return;
+    const gx = at.x - box.left, gap = 12, width = tooltip.offsetWidth;
+    const left = gx + gap + width <= plot.clientWidth ? gx + gap : Math.max(0, gx - gap - width);
+    tooltip.style.left = left + "px";
+    tooltip.style.top = Math.max(0, at.y - box.top) + "px";
+  }
+
+  function nearest(target) {
+    const all = epochs();
+    if (!all.length || target === null) return null;
+    return all.reduce((best, x) => (Math.abs(x - target) < Math.abs(best - target) ? x : best), all[0]);
+  }
+
+  plot.addEventListener("pointermove", (event) => {
+    if (!panels.length) return;
+    const x = nearest(panels[0].toData(event.clientX));
+    if (x !== null && x !== hoverX) showAt(x);
+  });
+  plot.addEventListener("pointerleave", () => { if (document.activeElement !== plot) hide(); });
+  plot.addEventListener("focus", () => { if (hoverX === null && epochs().length) showAt(epochs().at(-1)); });
+  plot.addEventListener("blur", hide);
+  plot.addEventListener("keydown", (event) => {
+    const all = epochs();
+    if (!all.length) return;
+    const i = hoverX === null ? all.length : all.indexOf(hoverX);
+    const to = { ArrowLeft: Math.max(0, i - 1), ArrowRight: Math.min(all.length - 1, i + 1), Home: 0, End: all.length - 1 }[event.key];
+    if (event.key === "Escape") hide();
+    else if (to !== undefined) showAt(all[to]);
+    else return;
+    event.preventDefault();
+  });
 
   logBox.addEventListener("change", () => {
     logWanted = logBox.checked;
+    save();
+    redraw();
+  });
+  smoothInput.addEventListener("input", () => {
+    smoothing = clampSmoothing(parseFloat(smoothInput.value));
     save();
     redraw();
   });
@@ -397,6 +650,7 @@ function metricChart(container, options) {
     visible,
     setVisible(key, on) { choices.set(key, !!on); save(); redraw(); },
     setLog(on) { logWanted = !!on; save(); redraw(); },
+    setSmoothing(weight) { smoothing = clampSmoothing(weight); save(); redraw(); },
   };
 }
 

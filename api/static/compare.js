@@ -1,5 +1,6 @@
-// Compare page: every run's metric curves in one chart, one colour per run; the legend chooses the
-// metrics (shared by all runs), train_* solid and test_* dashed.
+// Compare page: every run's metric curves overlaid, one colour per run (a panel per unit: losses, learning
+// rates, speed); the legend chooses the metrics (shared by all runs), train_* solid and test_* dashed; log
+// scale, smoothing and hover values as on the run page (chart.js).
 "use strict";
 
 document.addEventListener("DOMContentLoaded", () => {
