@@ -196,6 +196,44 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A finished run as TensorBoard event files or an MLflow run (latentforge/export.py)."""
+    import tempfile
+
+    from latentforge import export
+    from latentforge.client import ChecksumMismatch
+
+    target, *rest = args.to
+    if target not in export.PACKAGES:
+        raise UsageError(f"--to: choose 'tensorboard DIR' or 'mlflow', got {target!r}")
+    if target == "tensorboard" and len(rest) != 1:
+        raise UsageError("--to tensorboard takes one folder: --to tensorboard DIR")
+    if target == "mlflow" and rest:
+        raise UsageError(f"--to mlflow takes no folder (got {' '.join(rest)}); the run goes to --tracking-uri")
+    if target == "tensorboard" and (args.tracking_uri or args.experiment):
+        raise UsageError("--tracking-uri and --experiment are options of --to mlflow")
+    try:
+        export.require(target)
+        client = _client(args)
+        job = client.request("GET", f"/jobs/{args.job_id}")
+        export.check_finished(job)
+        with tempfile.TemporaryDirectory(prefix="latentforge-export-") as folder:
+            client.download(job["id"], folder)
+            if target == "tensorboard":
+                result = export.to_tensorboard(job, folder, rest[0])
+            else:
+                result = export.to_mlflow(job, folder, tracking_uri=args.tracking_uri,
+                                          experiment=args.experiment or export.DEFAULT_EXPERIMENT,
+                                          source_url=f"{client.url}/api/v1/jobs/{job['id']}")
+    except export.ExportError as exc:
+        raise UsageError(str(exc)) from None
+    except ChecksumMismatch as exc:
+        print(f"latentforge export: error: {exc}", file=sys.stderr)
+        return 1
+    print(export.describe(result))
+    return 0
+
+
 def _wait_for_api(url: str, seconds: float, procs: list[subprocess.Popen]) -> None:
     from latentforge.client import ApiError, Client
 
@@ -491,6 +529,17 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--worker", action="store_true", help="check this host's worker heartbeat in the database")
     health.add_argument("--url")
     health.set_defaults(handler=cmd_health)
+
+    export = sub.add_parser("export", help="a finished run as TensorBoard event files or an MLflow run"
+                                           " (needs: pip install 'latentforge[export]')")
+    export.add_argument("job_id")
+    export.add_argument("--to", nargs="+", required=True, metavar=("FORMAT", "DIR"),
+                        help="tensorboard DIR: event files in DIR/<run name>-<id> (tensorboard --logdir DIR); "
+                             "mlflow: one MLflow run (params, metrics per epoch, figures, the model under model/)")
+    export.add_argument("--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI, else MLflow's default)")
+    export.add_argument("--experiment", help="MLflow experiment, created when missing (default latentforge)")
+    export.add_argument("--url")
+    export.set_defaults(handler=cmd_export)
 
     jobs = sub.add_parser("jobs", help="list, show, watch or cancel jobs")
     jobs.add_argument("action", choices=["list", "show", "watch", "cancel"])
