@@ -45,11 +45,13 @@ def create_app(settings: Settings | None = None, *, check_database: bool = True)
     from api.gallery import content_security_policy
     from api.health import bp as health_bp
     from api.jobs import bp as jobs_bp
+    from api.metrics import install as install_metrics
     from api.openapi import bp as openapi_bp
     from api.openapi import docs_bp
 
     register_error_handlers(app)
     configure_sessions(app, settings.api_token)
+    install_metrics(app, services)  # before the token check: refused requests are timed too
     app.before_request(authenticate_request)
     app.register_blueprint(jobs_bp, url_prefix=API_PREFIX)
     app.register_blueprint(artifacts_bp, url_prefix=API_PREFIX)

@@ -6,7 +6,8 @@
   scripts and images work after sign-in; writes need the bearer token.
 * Gallery: one sign-in page asks for the token and keeps a signed, HttpOnly,
   SameSite=Strict session cookie; its forms also carry a CSRF token.
-* ``LATENTFORGE_PUBLIC_READ=1`` opens reads (GET/HEAD) on purpose.
+* ``LATENTFORGE_PUBLIC_READ=1`` opens reads (GET/HEAD) on purpose;
+  ``LATENTFORGE_PUBLIC_METRICS=1`` opens only ``/metrics`` (guarded like the JSON API otherwise).
 
 Without a token (loopback only: the server refuses other addresses) nothing
 is checked.
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 from flask import Flask, current_app, redirect, request, session, url_for
 
 from api.errors import Problem
+from api.metrics import METRICS_PATH
 from api.openapi import DOCS_PATH
 
 SESSION_KEY = "signed_in"
@@ -107,6 +109,9 @@ def authenticate_request():
     path = request.path
     if path in OPEN_PATHS or path.startswith("/static/"):
         return None
+    # For Prometheus: open on request, else like the JSON API (a 401, never the sign-in page).
+    if path == METRICS_PATH and current_app.config["LATENTFORGE"].settings.public_metrics:
+        return None
     reading = request.method in READ_METHODS
     if reading and current_app.config["LATENTFORGE"].settings.public_read:
         return None
@@ -115,7 +120,7 @@ def authenticate_request():
         raise unauthorized("the bearer token is not valid for this server", invalid=True)
     if bearer == "valid":
         return None
-    if path.startswith("/api/") and path not in PAGES_UNDER_API:
+    if (path.startswith("/api/") and path not in PAGES_UNDER_API) or path == METRICS_PATH:
         if reading and signed_in():
             return None
         raise unauthorized("this server requires a token: send 'Authorization: Bearer <token>'")

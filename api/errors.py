@@ -50,8 +50,8 @@ def user_problem(exc: LatentForgeError) -> Problem:
 
 
 def wants_html() -> bool:
-    """Gallery pages answer errors with a page; the API always with problem+json."""
-    if request.path.startswith("/api/"):
+    """Gallery pages answer errors with a page; the API (and /metrics, for Prometheus) always with problem+json."""
+    if request.path.startswith("/api/") or request.path == "/metrics":
         return False
     best = request.accept_mimetypes.best_match(["text/html", "application/json", "application/problem+json"])
     return best == "text/html"

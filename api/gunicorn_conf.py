@@ -1,12 +1,15 @@
 """gunicorn settings for production (docker-compose): gevent for SSE (api/server.py), and the token rule.
 
 Read from the one settings object, like everything else: LATENTFORGE_BIND,
-LATENTFORGE_API_WORKERS, LATENTFORGE_API_WORKER_CLASS, LATENTFORGE_API_THREADS.
+LATENTFORGE_API_WORKERS, LATENTFORGE_API_WORKER_CLASS, LATENTFORGE_API_THREADS,
+LATENTFORGE_LOG_FORMAT (json: gunicorn's lines and the app's as JSON objects).
 """
 
 import sys
 
+from api.metrics import prepare_multiprocess_folder
 from api.server import StoreUnusable, check_bind, check_store_apart, host_of, worker_options
+from shared.logs import gunicorn_logconfig
 from shared.settings import load_settings
 
 _settings = load_settings()
@@ -20,6 +23,8 @@ timeout = 60
 graceful_timeout = 10
 accesslog = "-"
 errorlog = "-"
+if _settings.log_format == "json":
+    logconfig_dict = gunicorn_logconfig()
 
 
 def on_starting(server):
@@ -31,6 +36,7 @@ def on_starting(server):
     except StoreUnusable as exc:
         server.log.error("%s", exc)
         sys.exit(1)
+    prepare_multiprocess_folder(_settings)  # before the workers fork: /metrics adds up their request counts
 
 
 def post_worker_init(worker):

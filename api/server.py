@@ -84,6 +84,12 @@ def serve(host: str, port: int, workers: int = 2, threads: int = 8, worker_class
     from gunicorn.app.base import BaseApplication
 
     from api import create_app
+    from api.metrics import prepare_multiprocess_folder
+    from shared.logs import gunicorn_logconfig
+    from shared.settings import load_settings
+
+    settings = load_settings()
+    prepare_multiprocess_folder(settings)  # before the workers fork: /metrics adds up their request counts
 
     class Server(BaseApplication):
         def load_config(self) -> None:
@@ -92,6 +98,8 @@ def serve(host: str, port: int, workers: int = 2, threads: int = 8, worker_class
                 "workers": workers, **worker_options(worker_class, threads),
                 "timeout": 60, "graceful_timeout": 10, "accesslog": "-", "errorlog": "-", "loglevel": "info",
             }
+            if settings.log_format == "json":
+                options["logconfig_dict"] = gunicorn_logconfig()
             for key, value in options.items():
                 self.cfg.set(key, value)
 

@@ -67,6 +67,13 @@ def settle_crash(settings: Settings, worker_name: str, reason: str) -> bool | No
 
 
 def supervise(child_argv: Sequence[str], settings: Settings) -> int:
+    if settings.log_format == "json":  # the child formats its own lines the same way (it reads the same setting)
+        from shared.logs import use_json
+
+        root = logging.getLogger()
+        if not root.handlers:
+            root.addHandler(logging.StreamHandler())
+        use_json(root.handlers)
     host = socket.gethostname()
     stopping: list[int] = []
     child: subprocess.Popen | None = None

@@ -22,6 +22,7 @@ class ArtifactKind(str, Enum):
     ARRAY = "array"
     DECODER = "decoder"
     CODES = "codes"
+    LOG = "log"
     FILE = "file"
 
 
@@ -32,6 +33,8 @@ METRICS_FILE = "metrics.jsonl"
 DECODER_FILE = "decoder.safetensors"
 CODES_FILE = "latent_codes.safetensors"
 FIGURES_DIR = "figures"
+# The worker's lines for the attempt that ended a job (shared/logs.py), published with its files.
+LOG_FILE = "log.txt"
 
 # What a job that works on a trained model reads of it (worker/checkpoint.py: load_model).
 CHECKPOINT_KINDS = (ArtifactKind.CONFIG.value, ArtifactKind.CHECKPOINT.value, ArtifactKind.METRICS.value)

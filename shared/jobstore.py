@@ -568,16 +568,20 @@ class JobStore:
     # -- files --------------------------------------------------------------------------------
 
     def folders_in_use(self, job_id: str) -> set[str]:
-        """Attempt folders to keep: the running or winning attempt's, and the one the checkpoint points into.
+        """Attempt folders to keep: the running or winning attempt's, the one the checkpoint points into, and the
+        one whose files the job published (a failed or cancelled job publishes its log.txt).
 
         The winner is the last lease: nothing claims a job after it succeeded.
         """
         with self.sessions() as s:
             row = s.execute(select(Job.state, Job.lease, Job.checkpoint).where(Job.id == job_id)).one_or_none()
         if row is None:
+            published = s.execute(select(Artifact.path, Artifact.name).where(Artifact.job_id == job_id).limit(1)).first()
             return set()
         keep: set[str] = set()
         if row.state in (JobState.RUNNING.value, JobState.SUCCEEDED.value):
+        if published is not None:  # the key is <attempt folder>/<name>
+            keep.add(published.path[: -len(published.name) - 1])
             keep.add(run_path(job_id, row.lease))
         if row.checkpoint:
             keep.add(run_path(job_id, int(row.checkpoint["lease"])))

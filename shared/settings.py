@@ -74,6 +74,10 @@ class Settings(BaseModel):
     public_read: bool = False
     # Progress streams (SSE) per API process, and the longest one may stay open.
     max_streams: PositiveInt = 1000
+    # With a token set: let anyone scrape GET /metrics without it (Prometheus on a trusted network).
+    public_metrics: bool = False
+    # Log lines of API, worker and supervisor: text, or json (one object per line, with the job's id and attempt).
+    log_format: Literal["text", "json"] = "text"
     stream_max_seconds: PositiveFloat = 600.0
     # Modules that register more job kinds (shared/kinds.py), imported by API, worker and CLI.
     plugins: tuple[str, ...] = ()

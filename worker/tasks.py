@@ -16,6 +16,7 @@ epoch (or stops after the shutdown grace), is checkpointed and handed back.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import re
@@ -33,11 +34,12 @@ from celery import signals
 from celery.exceptions import Reject
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared.artifacts import CHECKPOINT_KINDS, ArtifactFile
+from shared.artifacts import CHECKPOINT_KINDS, LOG_FILE, ArtifactFile, ArtifactKind
 from shared.db import JobState, is_transient_db_error, make_engine, make_sessionmaker, utcnow
 from shared.errors import LatentForgeError
 from shared.jobstore import ArtifactRecord, Claim, JobStore
 from shared.kinds import RunContext, RunOutput, get_kind, load_plugins
+from shared.logs import JobLogFile, current_job, job_context, use_json
 from shared.migrate import check_schema
 from shared.queue import QUEUES, TASK_NAME, held_job_ids, make_celery, parse_job_id, publish
 from shared.settings import Settings
@@ -50,6 +52,7 @@ SWEEP_LEASE = "broker-sweep"
 PUBLISH_THREADS = 4  # concurrent uploads of one job's artifacts to a remote store
 DRAIN_LOG_SECONDS = 0.5  # how soon the monitor thread logs a shutdown that a signal began
 RESUME_DIR = "resume"
+LOG_ARTIFACT = ArtifactFile(LOG_FILE, ArtifactKind.LOG, "text/plain")  # served as UTF-8 (Flask's default for text/*)
 ABSOLUTE_PATH = re.compile(r"(?<![\w.~<>:/-])/(?:[^\s/'\"]+/)+([^\s/'\":,;()]+)")  # not inside a URL
 T = TypeVar("T")
 
@@ -101,6 +104,15 @@ class JobWorker:
         signals.worker_ready.connect(self._on_ready, weak=False)
         signals.worker_shutting_down.connect(self._on_shutting_down, weak=False)
         signals.worker_shutdown.connect(self._on_shutdown, weak=False)
+        if settings.log_format == "json":
+            # JSON from the first line on (Celery's warnings at start too); Celery then keeps the root's handler
+            # (hijack is off) and formats the handlers it adds itself as JSON, through these signals.
+            root = logging.getLogger()
+            if not root.handlers:
+                root.addHandler(logging.StreamHandler())
+            self._json_lines(root)
+            signals.after_setup_logger.connect(self._json_lines, weak=False)
+            signals.after_setup_task_logger.connect(self._json_lines, weak=False)
 
     def start(self, loglevel: str = "INFO") -> int:
         """Run Celery in this process: one job at a time, in the main thread (nothing forks after CUDA starts).
@@ -120,6 +132,9 @@ class JobWorker:
         check_schema(self.engine)
         self._run_celery_shutdown_once()
         if self.settings.worker_nice and hasattr(os, "nice"):
+    def _json_lines(self, logger: logging.Logger, **_: Any) -> None:
+        use_json(logger.handlers, {"worker": self.name})
+
             os.nice(self.settings.worker_nice)  # below the API and other services on this host
         self.monitor.start()
         from worker.pipeline import warm_up
@@ -198,7 +213,18 @@ class JobWorker:
         if not self.artifacts.remote or len(manifest) < 2:
             return [publish(item) for item in manifest]
         with ThreadPoolExecutor(PUBLISH_THREADS, thread_name_prefix="publish") as pool:  # round trips overlap
-            return list(pool.map(publish, manifest))
+            # Each upload in a copy of this context: its log lines (retries) are the job's.
+            uploads = [pool.submit(contextvars.copy_context().run, publish, item) for item in manifest]
+            return [upload.result() for upload in uploads]
+
+    def publish_log(self, claim: Claim, folder: Path) -> list[ArtifactRecord]:
+        """A failed or cancelled job's log.txt alone (its only artifact), fenced like any file; none if it cannot be
+        stored: the job's end is recorded all the same."""
+        try:
+            return self.publish_artifacts(claim, folder, [LOG_ARTIFACT])
+        except Exception as exc:
+            log.warning("job %s: its log.txt was not published (%s: %s)", claim.job_id, type(exc).__name__, exc)
+            return []
 
     def prune_attempt_folders(self, job_id: str) -> None:
         """Remove the folders of attempts that lost, keeping the running or winning one and the checkpoint's."""
@@ -355,8 +381,6 @@ class JobWorker:
     def execute(self, job_id: str) -> JobState | None:
         """Claim and run one job, wrapped so that every outcome ends in the job row (or, if the
         database stays away, in a running row with a stale heartbeat that the reaper requeues)."""
-        from worker.train import TrainingCancelled
-
         if self.monitor.draining:
             raise Reject("the worker is shutting down", requeue=True)
         try:
@@ -374,20 +398,33 @@ class JobWorker:
         if claim is None:
             log.info("job %s: not claimable (already taken, finished or cancelled); message dropped", job_id)
             return None
-        log.info("job %s: %s, attempt %d, lease %d", job_id, claim.kind, claim.attempt, claim.lease)
+        with job_context(job_id, claim.attempt, claim.lease):  # every line from here on is the job's
+            return self.run_attempt(claim)
+
+    def run_attempt(self, claim: Claim) -> JobState | None:
+        """Run the attempt ``claim`` took and record how it ended; its lines go to its log.txt as well."""
+        from worker.train import TrainingCancelled
+
+        job_id = claim.job_id
         folder = self.artifacts.workspace(claim.folder)
         if claim.lease > 1:  # folders of earlier attempts that lost
             self.prune_attempt_folders(job_id)
         monitor = self.monitor
         monitor.begin(claim)
-        outcome: str
+        context = current_job()
+        assert context is not None
+        job_log = JobLogFile.attach(folder / LOG_FILE, context, redact=lambda text: scrub(text, self.settings))
+        log.info("job %s: %s, attempt %d, lease %d", job_id, claim.kind, claim.attempt, claim.lease)
+        outcome = "abandoned"  # until the attempt ends otherwise
         artifacts: list[ArtifactRecord] = []
         output: RunOutput | None = None
         error: tuple[str, str] | None = None
         hand_back_reason = "its worker shut down mid-epoch"
         try:
             output = self.run_claimed(claim, folder)
-            artifacts = self.publish_artifacts(claim, folder, output.artifacts)
+            job_log.close()  # whole before it is hashed
+            manifest = [item for item in output.artifacts if item.name != LOG_FILE] + [LOG_ARTIFACT]
+            artifacts = self.publish_artifacts(claim, folder, manifest)
             outcome = "succeeded"
         except (AttemptLost, TrainingCancelled, HandBack) as stop:
             outcome = ("lost" if monitor.lost.is_set() else "cancelled" if monitor.cancel.is_set()
@@ -418,6 +455,9 @@ class JobWorker:
         if monitor.lost.is_set():
             outcome = "lost"
         try:
+            job_log.close()
+            if outcome in ("failed", "cancelled") and not monitor.lost.is_set():
+                artifacts = self.publish_log(claim, folder)  # why it failed, or how far it got
             if outcome == "store":  # nothing half-published: retried while attempts remain, else failed with why
                 assert error is not None
                 ended = self.retrying(self.store.give_up_attempt, claim, error[1], error[0])
@@ -487,7 +527,8 @@ class ResumeShipper:
         self._interval = worker.settings.resume_upload_seconds
         self._last_start = float("-inf")
         self._flushing = False
-        self._thread = threading.Thread(target=self._run, name=f"resume-{claim.job_id[:8]}", daemon=True)
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run,),  # the job's lines
+                                        name=f"resume-{claim.job_id[:8]}", daemon=True)
         self._thread.start()
 
     def offer(self, epoch_folder: str, pointer: dict[str, Any]) -> None:
@@ -674,7 +715,8 @@ class Monitor:
             if claim is not None:
                 owned, cancel = store.heartbeat(claim)
                 if not owned:
-                    log.warning("job %s: attempt %d no longer owns the job; stopping", claim.job_id, claim.attempt)
+                    with job_context(claim.job_id, claim.attempt, claim.lease):
+                        log.warning("job %s: attempt %d no longer owns the job; stopping", claim.job_id, claim.attempt)
                     self.lost.set()
                 if cancel:
                     self.cancel.set()
