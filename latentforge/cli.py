@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -184,11 +186,13 @@ def cmd_health(args: argparse.Namespace) -> int:
         mine = [w for w in store.live_workers(settings.stale_after_seconds) if w.hostname.startswith(prefix)]
         print(f"{len(mine)} live worker(s) on {prefix[:-1]}")
         return 0 if mine else 1
-    from latentforge.client import ApiError
+    from latentforge.client import ApiError, ApiUnreachable
 
     client = _client(args)
     try:
-        report = client.get("/health")
+        report = client.health()
+    except ApiUnreachable:
+        raise  # main says how to point at another address
     except ApiError as exc:
         print(f"unhealthy: {exc}", file=sys.stderr)
         return 1
@@ -243,7 +247,7 @@ def _wait_for_api(url: str, seconds: float, procs: list[subprocess.Popen]) -> No
         if any(p.poll() is not None for p in procs):
             raise UsageError("a role exited during start-up; see its messages above")
         try:
-            client.get("/health")
+            client.health()
             return
         except ApiError as exc:
             if exc.status:  # it answered (503 until the worker registers): the API is up
@@ -253,7 +257,7 @@ def _wait_for_api(url: str, seconds: float, procs: list[subprocess.Popen]) -> No
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from latentforge.client import Client
+    from latentforge.client import ADDRESS_FILE, Client
 
     settings = load_settings()
     cmd_db_upgrade(args)
@@ -272,13 +276,18 @@ def cmd_up(args: argparse.Namespace) -> int:
                 proc.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
+    # The address this stack serves at, for client commands run with the same LATENTFORGE_HOME and no
+    # LATENTFORGE_API_URL (`make run PORT=8001`, then `latentforge jobs list`); removed when it stops.
+    address = settings.home / ADDRESS_FILE
     try:
         _wait_for_api(url, 60, procs)
+        address.parent.mkdir(parents=True, exist_ok=True)
+        address.write_text(url + "\n")
         client = Client(url, settings.api_token)
-        if not args.no_seed and not client.get("/jobs?limit=1")["items"]:
-            job = client.post("/jobs", {"kind": "train", "spec": {"preset": "seed"}, "name": "seed notebook"},
-                              headers={"Idempotency-Key": "latentforge-up-first-seed-run"})
-            print(f"queued the seed preset as job {job['id']}", flush=True)
+        if not args.no_seed and not client.page(limit=1).items:
+            job = client.submit("train", {"preset": "seed"}, name="seed notebook",
+                                idempotency_key="latentforge-up-first-seed-run")
+            print(f"queued the seed preset as job {job.id}", flush=True)
         print(f"LatentForge is up: gallery {url}/  API {url}/api/v1  (Ctrl-C stops it)", flush=True)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
@@ -289,6 +298,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 0
     finally:
         stop()
+        if address.is_file() and address.read_text().strip() == url:  # another `up` may have taken over
+            address.unlink()
         for proc in procs:
             try:
                 proc.wait(timeout=20)
@@ -300,46 +311,17 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace):
+    """The API client for a command: --url, else LATENTFORGE_API_URL, else a running `latentforge up`'s address."""
     from latentforge.client import Client
 
-    settings = load_settings()
-    return Client(args.url or settings.api_url, settings.api_token)
+    return Client(getattr(args, "url", None) or None)
 
 
-def _bar(progress: dict[str, Any], width: int = 30) -> str:
-    if progress.get("steps"):  # a job measured in named steps (an evaluation's properties)
-        step, steps = progress.get("step", 0), progress["steps"]
-        filled = int(width * step / steps)
-        return f"[{'#' * filled}{'.' * (width - filled)}] {step}/{steps} {progress.get('doing', '')}".rstrip()
-    total, epoch = progress.get("total"), progress.get("epoch")
-    if not total or epoch is None:
-        return ""
-    filled = int(width * epoch / total)
-    line = f"[{'#' * filled}{'.' * (width - filled)}] epoch {epoch}/{total}"
-    if "train_loss" in progress:
-        line += f"  train {progress['train_loss']:.4f}  test {progress['test_loss']:.4f}"
-    return line
+def follow(run: Any, out=None) -> Any:
+    """Show a run's progress on ``out`` (stdout) until it ends; returns the finished run."""
+    from latentforge.client import ProgressPrinter
 
-
-def follow(client: Any, job_id: str, out=sys.stdout, poll_s: float = 0.5) -> dict[str, Any]:
-    """Show a job's progress until it ends; returns the final job."""
-    from shared.db import FINISHED_STATES
-
-    finished = {state.value for state in FINISHED_STATES}
-    tty = out.isatty()
-    last = None
-    while True:
-        job = client.get(f"/jobs/{job_id}")
-        line = f"{job['state']:<9} {_bar(job.get('progress') or {})}".rstrip()
-        if line != last:
-            out.write(("\r" + line.ljust(90)) if tty else line + "\n")
-            out.flush()
-            last = line
-        if job["state"] in finished:
-            if tty:
-                out.write("\n")
-            return job
-        time.sleep(poll_s)
+    return run.wait(progress=ProgressPrinter(out or sys.stdout))
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -364,36 +346,33 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def submit_and_follow(args: argparse.Namespace, kind: str, spec: dict[str, Any]) -> int:
-    body: dict[str, Any] = {"kind": kind, "spec": spec, "tags": args.tag}
-    if args.name:
-        body["name"] = args.name
     client = _client(args)
-    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
-    job = client.post("/jobs", body, headers=headers)
-    print(job["id"], flush=True)
+    run = client.submit(kind, spec, name=args.name or None, tags=args.tag, idempotency_key=args.idempotency_key)
+    print(run.id, flush=True)
     if not args.wait:
         return 0
-    final = follow(client, job["id"])
-    if final["state"] != "succeeded":
-        error = final.get("error") or {}
-        print(f"job {final['id']} {final['state']}" + (f": {error.get('type')}: {error.get('message')}" if error else ""),
+    final = follow(run)
+    if not final.succeeded:
+        error = final.error or {}
+        print(f"job {final.id} {final.state}" + (f": {error.get('type')}: {error.get('message')}" if error else ""),
               file=sys.stderr)
         return 1
-    if final["kind"] == "evaluate":
-        print_scorecard(final)
-    if final["kind"] == "sweep":
-        progress = final["progress"]
-        print(f"  children: {progress['children']}; evaluations: {progress['follow_ups']}")
-        print(f"  ranked: latentforge jobs list --parent {final['id']} --sort -metrics.knn_accuracy")
-        client = _client(args)
-        for report in client.get(f"/jobs?parent={final['id']}&kind=study")["items"]:
-            for row in report["progress"].get("claims", []):
+    if final.kind == "evaluate":
+        print_scorecard(final.raw)
+    if final.kind == "sweep":
+        print(f"  children: {final.progress['children']}; evaluations: {final.progress['follow_ups']}")
+        print(f"  ranked: latentforge jobs list --parent {final.id} --sort -metrics.knn_accuracy")
+        for report in client.jobs(parent=final, kind="study"):
+            for row in report.progress.get("claims", []):
                 print(f"  {row['model']:<9} {row['claim']:<62} {row['verdict']}")
-            for artifact in report["artifacts"]:
-                print(f"  {artifact['name']:<34} {artifact['size']:>10,} B  {artifact['url']}")
-    for artifact in final["artifacts"]:
-        print(f"  {artifact['name']:<34} {artifact['size']:>10,} B  {artifact['url']}")
+            print_artifacts(report)
+    print_artifacts(final)
     return 0
+
+
+def print_artifacts(run: Any) -> None:
+    for artifact in run.artifacts:
+        print(f"  {artifact.name:<34} {artifact.size:>10,} B  {artifact.url}")
 
 
 def print_scorecard(job: dict[str, Any]) -> None:
@@ -409,35 +388,181 @@ def print_scorecard(job: dict[str, Any]) -> None:
         print(f"  {prop.label:<24} {shown:>6}{detail}")
 
 
+def ago(moment: datetime, now: datetime) -> str:
+    """``moment`` as people say it: "42 s ago", "3 min ago", "5 h ago", "2 days ago", then the date."""
+    seconds = max(0, int((now - moment).total_seconds()))
+    if seconds < 60:
+        return f"{seconds} s ago"
+    if seconds < 3600:
+        return f"{seconds // 60} min ago"
+    if seconds < 86400:
+        return f"{seconds // 3600} h ago"
+    if seconds < 7 * 86400:
+        days = seconds // 86400
+        return f"{days} day{'s' if days > 1 else ''} ago"
+    return moment.astimezone().strftime("%Y-%m-%d")
+
+
+def span(length: timedelta) -> str:
+    """A duration in its two largest units: "42 s", "3 min 20 s", "2 h 05 min", "3 d 4 h"."""
+    seconds = max(0, int(length.total_seconds()))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+
+
+def job_row(run: Any, now: datetime, sort: str | None = None) -> str:
+    """One line of `jobs list`: id, kind, state, progress, age, run time (ETA while running), name."""
+    progress = run.progress
+    if progress.get("steps"):
+        where = f"{progress.get('step', 0)}/{progress['steps']}"
+    else:
+        where = f"{progress.get('epoch')}/{progress.get('total')}" if progress.get("total") else ""
+    took = run.duration(now)
+    timing = "" if took is None else span(took)
+    if (eta := run.eta(now)) is not None:
+        timing += f", ETA {span(eta)}"
+    ranked = ""
+    if sort and "metrics." in sort:
+        value = run.metrics.get(sort.split("metrics.", 1)[1])
+        ranked = f"{'-' if value is None else f'{value:.4g}':>10}  "
+    tags = f"  [{', '.join(run.tags)}]" if run.tags else ""
+    archived = "  (archived)" if run.archived else ""
+    return (f"{run.id}  {run.kind:<8} {run.state:<9} {where:>7}  {ago(run.created_at, now):>12}  {timing:<22}"
+            f" {ranked}{run.name or ''}{tags}{archived}").rstrip()
+
+
+def iso_moment(option: str, text: str | None) -> str | None:
+    """An ISO 8601 date or date-time given to ``option``, as given; a UsageError naming the option otherwise."""
+    if text is None:
+        return None
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"{option}: expects an ISO 8601 date or date-time such as 2025-05-01 or"
+                         f" 2025-05-01T14:30, got {text!r}") from None
+    return text
+
+
+def parse_where(items: list[str]) -> dict[str, str]:
+    """``--where spec.model=vae --where latent_dim=2``: spec field -> value (the API reads it as JSON when it
+    parses, else as a string)."""
+    where: dict[str, str] = {}
+    for text in items:
+        key, sep, value = text.partition("=")
+        key = key.strip().removeprefix("spec.")
+        if not sep or not key:
+            raise UsageError(f"--where expects spec.FIELD=VALUE, got {text!r}")
+        where[key] = value.strip()
+    return where
+
+
+ARCHIVED_CHOICES = {"0": False, "1": True, "all": "all"}
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.action == "list":
-        query = "&".join(f"{k}={v}" for k, v in (("kind", args.kind), ("state", args.state), ("limit", args.limit),
-                                                   ("sort", args.sort), ("parent", args.parent)) if v)
-        page = client.get(f"/jobs?{query}")
-        for job in page["items"]:
-            progress = job.get("progress") or {}
-            where = f"{progress.get('epoch')}/{progress.get('total')}" if progress.get("total") else ""
-            ranked = ""
-            if args.sort and "metrics." in args.sort:
-                value = (job.get("metrics") or {}).get(args.sort.split("metrics.", 1)[1])
-                ranked = f"{'-' if value is None else f'{value:.4g}':>10}  "
-            print(f"{job['id']}  {job['kind']:<8} {job['state']:<9} {where:>7}  {ranked}{job.get('name') or ''}")
+        if args.job_ids:
+            raise UsageError(f"jobs list takes no job id (got {args.job_ids[0]!r}); use --parent for a job's children")
+        now = datetime.now(timezone.utc)
+        runs = client.jobs(kind=args.kind, state=args.state, parent=args.parent, tags=args.tag, q=args.search,
+                           where=parse_where(args.where), created_after=iso_moment("--since", args.since),
+                           created_before=iso_moment("--until", args.until),
+                           archived=ARCHIVED_CHOICES[args.archived], sort=args.sort, limit=args.limit)
+        for run in runs:
+            print(job_row(run, now, args.sort))
         return 0
-    if not args.job_id:
+    if not args.job_ids:
         raise UsageError(f"jobs {args.action} needs a job id")
+    if args.action == "watch" and len(args.job_ids) > 1:
+        raise UsageError("jobs watch follows one job at a time")
     if args.action == "show":
-        print(json.dumps(client.get(f"/jobs/{args.job_id}"), indent=2))
-    elif args.action == "cancel":
-        job = client.post(f"/jobs/{args.job_id}/cancel")
-        print(f"{job['id']}: {'cancelled' if job['state'] == 'cancelled' else 'asked to stop'}")
+        for job_id in args.job_ids:
+            print(json.dumps(client.get(job_id).raw, indent=2))
     elif args.action == "watch":
-        final = follow(client, args.job_id)
-        return 0 if final["state"] == "succeeded" else 1
+        return 0 if follow(client.get(args.job_ids[0])).succeeded else 1
+    elif args.action == "cancel":
+        for job_id in args.job_ids:
+            run = client.cancel(job_id)
+            print(f"{run.id}: {'cancelled' if run.state == 'cancelled' else 'asked to stop'}")
+    elif args.action == "edit":
+        return edit_jobs(client, args)
+    elif args.action in ("archive", "restore", "delete"):
+        return tidy_jobs(client, args)
+    elif args.action == "download":
+        return download_jobs(client, args)
+    return 0
+
+
+def edit_jobs(client: Any, args: argparse.Namespace) -> int:
+    """Name, note and tags of each run: --name/--note ("" clears), --tag (the whole list), --add-tag, --remove-tag."""
+    if args.name is None and args.note is None and not (args.tag or args.clear_tags or args.add_tag
+                                                        or args.remove_tag):
+        raise UsageError("jobs edit: say what to change: --name, --note, --tag, --add-tag, --remove-tag or"
+                         " --clear-tags")
+    if (args.tag or args.clear_tags) and (args.add_tag or args.remove_tag):
+        raise UsageError("jobs edit: --tag/--clear-tags set the whole list; use them without --add-tag/--remove-tag")
+    for job_id in args.job_ids:
+        changes: dict[str, Any] = {}
+        if args.name is not None:
+            changes["name"] = args.name or None
+        if args.note is not None:
+            changes["note"] = args.note or None
+        if args.tag or args.clear_tags:
+            changes["tags"] = args.tag
+        elif args.add_tag or args.remove_tag:
+            current = client.get(job_id).tags
+            changes["tags"] = [t for t in dict.fromkeys(current + args.add_tag) if t not in args.remove_tag]
+        run = client.update(job_id, **changes)
+        print(f"{run.id}: name {run.name!r}, tags [{', '.join(run.tags)}]" + (f", note {run.note!r}" if run.note else ""))
+    return 0
+
+
+def tidy_jobs(client: Any, args: argparse.Namespace) -> int:
+    """Archive, restore or delete runs (the API's bulk call, 200 ids at a time); exit 1 if any was refused."""
+    ids = list(dict.fromkeys(args.job_ids))
+    if args.action == "delete" and not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError("jobs delete: pass --yes to delete without a terminal to confirm on")
+        what = "runs" if len(ids) > 1 else "run"
+        subtree = " and everything made from them" if args.cascade else ""
+        answer = input(f"Delete {len(ids)} {what}{subtree}, with their artifacts, for good? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    done = {"archive": "archived", "restore": "restored", "delete": "deleted"}[args.action]
+    failed = 0
+    for start in range(0, len(ids), 200):
+        for result in client.bulk(args.action, ids[start:start + 200], cascade=args.cascade):
+            if result.ok:
+                print(f"{result.id}: {done}")
+            else:
+                failed += 1
+                print(f"{result.id}: not {done}: {result.detail or f'HTTP {result.status}'}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def download_jobs(client: Any, args: argparse.Namespace) -> int:
+    """Each run as one zip (its artifacts and a manifest of sha256s), checked before it is kept."""
+    out = Path(args.out) if args.out else Path.cwd()
+    if len(args.job_ids) > 1 and not out.is_dir():
+        raise UsageError(f"--out {out}: several runs go into a folder; make it first or name one that exists")
+    for job_id in args.job_ids:
+        path = client.download_zip(job_id, out)
+        print(f"{job_id}: {path} ({path.stat().st_size:,} B)")
     return 0
 
 
 # -- parser -----------------------------------------------------------------------------------
+
+
+URL_HELP = ("the API's address (default: LATENTFORGE_API_URL, else the address of a `latentforge up` running with"
+            " this LATENTFORGE_HOME, else http://127.0.0.1:8000)")
 
 
 def add_submit_options(parser: argparse.ArgumentParser, set_help: str | None, wait_help: str) -> None:
@@ -447,7 +572,7 @@ def add_submit_options(parser: argparse.ArgumentParser, set_help: str | None, wa
     parser.add_argument("--tag", action="append", default=[])
     parser.add_argument("--idempotency-key")
     parser.add_argument("--wait", action="store_true", help=wait_help)
-    parser.add_argument("--url", help="API address (default LATENTFORGE_API_URL or http://127.0.0.1:8000)")
+    parser.add_argument("--url", help=URL_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -527,7 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     health = sub.add_parser("health", help="exit 0 when the API (or, with --worker, this host's worker) is healthy")
     health.add_argument("--worker", action="store_true", help="check this host's worker heartbeat in the database")
-    health.add_argument("--url")
+    health.add_argument("--url", help=URL_HELP)
     health.set_defaults(handler=cmd_health)
 
     export = sub.add_parser("export", help="a finished run as TensorBoard event files or an MLflow run"
@@ -541,21 +666,59 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--url")
     export.set_defaults(handler=cmd_export)
 
-    jobs = sub.add_parser("jobs", help="list, show, watch or cancel jobs")
-    jobs.add_argument("action", choices=["list", "show", "watch", "cancel"])
-    jobs.add_argument("job_id", nargs="?")
-    jobs.add_argument("--kind", choices=list(KINDS))
-    jobs.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
-    jobs.add_argument("--limit", type=int, default=20)
-    jobs.add_argument("--parent", help="only the children of this job (a sweep's train jobs, a model's evaluations)")
-    jobs.add_argument("--sort", help="-created (default), created, or [-]metrics.<name>, e.g. -metrics.knn_accuracy")
-    jobs.add_argument("--url")
+    jobs = sub.add_parser("jobs", help="find, show, watch, cancel, edit, archive, restore, delete or download runs",
+                          description="list: find runs (newest first); show, watch, cancel, edit, archive, restore,"
+                                      " delete, download: the runs whose ids follow")
+    jobs.add_argument("action", choices=["list", "show", "watch", "cancel", "edit", "archive", "restore", "delete",
+                                         "download"])
+    jobs.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="one or more job ids (watch: one)")
+    found = jobs.add_argument_group("list: filters (all must hold)")
+    found.add_argument("--kind", choices=list(KINDS))
+    found.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    found.add_argument("--tag", action="append", default=[],
+                       help="list: runs carrying this tag (repeat: every one); edit: set the tags to these")
+    found.add_argument("--search", "-q", metavar="TEXT", help="a piece of the run's name (any case)")
+    found.add_argument("--where", action="append", default=[], metavar="spec.FIELD=VALUE",
+                       help="a spec field's value, e.g. --where spec.model=vae --where spec.latent_dim=2")
+    found.add_argument("--since", metavar="ISO", help="created at or after, e.g. 2025-05-01 or 2025-05-01T14:30 (UTC)")
+    found.add_argument("--until", metavar="ISO", help="created before")
+    found.add_argument("--archived", choices=list(ARCHIVED_CHOICES), default="0",
+                       help="0 (default): runs not archived; 1: archived ones; all: both")
+    found.add_argument("--parent", help="only the children of this job (a sweep's train jobs, a model's evaluations)")
+    found.add_argument("--sort", help="-created (default), created, or [-]metrics.<name>, e.g. -metrics.knn_accuracy")
+    found.add_argument("--limit", type=int, default=20, help="at most this many runs (default 20)")
+    edit = jobs.add_argument_group("edit")
+    edit.add_argument("--name", help="the new name (\"\" clears it)")
+    edit.add_argument("--note", help="a free-text note (\"\" clears it)")
+    edit.add_argument("--add-tag", action="append", default=[], metavar="TAG", help="add this tag (repeatable)")
+    edit.add_argument("--remove-tag", action="append", default=[], metavar="TAG", help="remove this tag (repeatable)")
+    edit.add_argument("--clear-tags", action="store_true", help="remove every tag")
+    tidy = jobs.add_argument_group("delete, archive, restore, download")
+    tidy.add_argument("--cascade", action="store_true", help="delete: also every run made from these (children,"
+                                                             " their evaluations)")
+    tidy.add_argument("--yes", "-y", action="store_true", help="delete: do not ask for confirmation")
+    tidy.add_argument("--out", metavar="PATH", help="download: the zip file, or a folder for it (default: here,"
+                                                     " named after the run)")
+    jobs.add_argument("--url", help=URL_HELP)
     jobs.set_defaults(handler=cmd_jobs)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from latentforge.client import ApiError
+    try:
+        try:
+            return run_command(argv)
+        finally:
+            sys.stdout.flush()  # a reader that went away shows here (also after --help), not at exit
+    except BrokenPipeError:
+        # The reader closed the pipe (`latentforge jobs list | head -1`): stop quietly, as a command killed by
+        # SIGPIPE does. Python flushes stdout again at exit; pointing it at /dev/null keeps that quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def run_command(argv: Sequence[str] | None = None) -> int:
+    from latentforge.client import ApiError, ApiUnreachable
 
     try:
         load_plugins(load_settings().plugins)  # their kinds are choices of submit and jobs
@@ -566,8 +729,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (UsageError, SettingsError) as exc:
+    except (UsageError, SettingsError, SpecError) as exc:
         parser.exit(2, f"latentforge {args.command}: error: {exc}\n")
+    except ApiUnreachable as exc:
+        parser.exit(1, f"latentforge {args.command}: error: {exc.describe('--url or LATENTFORGE_API_URL')}\n")
     except ApiError as exc:
         status = 2 if 400 <= exc.status < 500 else 1
         parser.exit(status, f"latentforge {args.command}: error: {exc}\n")
