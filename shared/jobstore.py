@@ -575,13 +575,13 @@ class JobStore:
         """
         with self.sessions() as s:
             row = s.execute(select(Job.state, Job.lease, Job.checkpoint).where(Job.id == job_id)).one_or_none()
-        if row is None:
             published = s.execute(select(Artifact.path, Artifact.name).where(Artifact.job_id == job_id).limit(1)).first()
+        if row is None:
             return set()
         keep: set[str] = set()
-        if row.state in (JobState.RUNNING.value, JobState.SUCCEEDED.value):
         if published is not None:  # the key is <attempt folder>/<name>
             keep.add(published.path[: -len(published.name) - 1])
+        if row.state in (JobState.RUNNING.value, JobState.SUCCEEDED.value):
             keep.add(run_path(job_id, row.lease))
         if row.checkpoint:
             keep.add(run_path(job_id, int(row.checkpoint["lease"])))

@@ -72,12 +72,12 @@ class Settings(BaseModel):
     worker_nice: Annotated[int, Field(ge=-20, le=19)] = 10
     # With a token set: let anyone read (GET) without it.
     public_read: bool = False
-    # Progress streams (SSE) per API process, and the longest one may stay open.
-    max_streams: PositiveInt = 1000
     # With a token set: let anyone scrape GET /metrics without it (Prometheus on a trusted network).
     public_metrics: bool = False
     # Log lines of API, worker and supervisor: text, or json (one object per line, with the job's id and attempt).
     log_format: Literal["text", "json"] = "text"
+    # Progress streams (SSE) per API process, and the longest one may stay open.
+    max_streams: PositiveInt = 1000
     stream_max_seconds: PositiveFloat = 600.0
     # Modules that register more job kinds (shared/kinds.py), imported by API, worker and CLI.
     plugins: tuple[str, ...] = ()

@@ -128,13 +128,13 @@ class JobWorker:
 
     # -- Celery's signals ---------------------------------------------------------------------
 
+    def _json_lines(self, logger: logging.Logger, **_: Any) -> None:
+        use_json(logger.handlers, {"worker": self.name})
+
     def _on_ready(self, **_: Any) -> None:
         check_schema(self.engine)
         self._run_celery_shutdown_once()
         if self.settings.worker_nice and hasattr(os, "nice"):
-    def _json_lines(self, logger: logging.Logger, **_: Any) -> None:
-        use_json(logger.handlers, {"worker": self.name})
-
             os.nice(self.settings.worker_nice)  # below the API and other services on this host
         self.monitor.start()
         from worker.pipeline import warm_up
@@ -407,14 +407,14 @@ class JobWorker:
 
         job_id = claim.job_id
         folder = self.artifacts.workspace(claim.folder)
-        if claim.lease > 1:  # folders of earlier attempts that lost
-            self.prune_attempt_folders(job_id)
-        monitor = self.monitor
-        monitor.begin(claim)
         context = current_job()
         assert context is not None
         job_log = JobLogFile.attach(folder / LOG_FILE, context, redact=lambda text: scrub(text, self.settings))
         log.info("job %s: %s, attempt %d, lease %d", job_id, claim.kind, claim.attempt, claim.lease)
+        if claim.lease > 1:  # folders of earlier attempts that lost
+            self.prune_attempt_folders(job_id)
+        monitor = self.monitor
+        monitor.begin(claim)
         outcome = "abandoned"  # until the attempt ends otherwise
         artifacts: list[ArtifactRecord] = []
         output: RunOutput | None = None
@@ -451,13 +451,13 @@ class JobWorker:
         finally:
             monitor.end()
             saved_resume_state = (folder / RESUME_DIR).is_dir()
+            job_log.close()
+            if outcome in ("failed", "cancelled") and not monitor.lost.is_set():
+                artifacts = self.publish_log(claim, folder)  # why it failed, or how far it got
             self.artifacts.release(claim.folder)
         if monitor.lost.is_set():
             outcome = "lost"
         try:
-            job_log.close()
-            if outcome in ("failed", "cancelled") and not monitor.lost.is_set():
-                artifacts = self.publish_log(claim, folder)  # why it failed, or how far it got
             if outcome == "store":  # nothing half-published: retried while attempts remain, else failed with why
                 assert error is not None
                 ended = self.retrying(self.store.give_up_attempt, claim, error[1], error[0])
