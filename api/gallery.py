@@ -10,15 +10,18 @@ script or style.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import secrets
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import Blueprint, Response, current_app, g, redirect, render_template, request, session, url_for
 
 from api.auth import can_write, safe_next, sign_in, signed_in
 from api.context import API_PREFIX, services
+from api import humane
 from api.errors import Problem
 from api.jobs import page_arguments
 from api.schemas import job_out
@@ -26,7 +29,7 @@ from api.scorecards import compare_rows, evaluations, scorecard_view, sort_choic
 from api.sweeps import sweep_view
 from shared.artifacts import HEADLINE_FIGURES, ArtifactKind, thumbnail_name
 from shared.db import JobState
-from shared.errors import JobConflict, LatentForgeError, SpecError
+from shared.errors import JobConflict, JobNotFound, LatentForgeError, QueryError, SpecError
 from shared.kinds import KINDS, JobKind, form_fields, form_value, get_kind
 from shared.service import PAGE_MAX
 from shared.specs import SEED_PRESET
@@ -56,6 +59,12 @@ def csrf_token() -> str:
     if "csrf" not in g:
         g.csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(32)
     return g.csrf
+
+
+bp.add_app_template_filter(humane.ago, "ago")
+bp.add_app_template_filter(humane.duration, "duration")
+bp.add_app_template_global(humane.eta, "eta")
+bp.add_app_template_global(humane.run_time, "run_time")
 
 
 @bp.app_context_processor
@@ -173,16 +182,33 @@ def problems_of(exc: LatentForgeError) -> list[dict[str, str]]:
 # -- pages ----------------------------------------------------------------------------------------
 
 
+def list_query() -> list[tuple[str, str]]:
+    """The runs page's query as the job list's filters: its ``where`` box (``model=vae latent_dim=2``) becomes
+    ``spec.`` parameters, and empty fields of the filter form are no filter."""
+    pairs = [(name, value) for name, value in request.args.items(multi=True) if value.strip() and name != "where"]
+    for word in request.args.get("where", "").split():
+        field, sep, value = word.partition("=")
+        if not sep or not field:
+            raise QueryError([("where", f"expects field=value words, e.g. model=vae latent_dim=2; got {word[:40]!r}")])
+        pairs.append((field if field.startswith("spec.") else f"spec.{field}", value))
+    return pairs
+
+
 def render_runs(errors: list[dict[str, str]] | None = None, form: dict[str, Any] | None = None, status: int = 200):
     jobs = services().jobs
-    page = jobs.page(**page_arguments())
+    query = list_query()
+    page = jobs.page(**page_arguments(query))
     kind, state, parent, sort = (request.args.get(name) or None for name in ("kind", "state", "parent", "sort"))
     ranked_by = sort.split("metrics.", 1)[1] if sort and "metrics." in sort else None
     rows = [job_out(j, API_PREFIX, history=False) for j in page.items]
     counts = jobs.state_counts()
     parents = {k.name: jobs.succeeded(k.parent.kinds) for k in KINDS.values() if k.parent}
+    next_query = [(name, value) for name, value in request.args.items(multi=True) if name != "cursor"]
     html = render_template(
-        "runs.html", rows=rows, thumbnail=thumbnail, next_cursor=page.next_cursor, kind=kind, state=state,
+        "runs.html", rows=rows, thumbnail=thumbnail, kind=kind, state=state,
+        next_url=url_for("gallery.runs") + "?" + urlencode([*next_query, ("cursor", page.next_cursor)])
+        if page.next_cursor else None, filters=request.args, parent_names=jobs.names(
+            [r["parent"] for r in rows if r["parent"]] + ([parent] if parent else [])),
         parent=parent, children=jobs.child_counts([r["id"] for r in rows]), counts=counts,
         total=sum(counts.values()), kinds=list(KINDS.values()), states=[s.value for s in JobState],
         defaults={**SEED_PRESET, "device": "auto", "preset": "seed", "hidden": "128,64"}, form=form or {},
@@ -271,6 +297,44 @@ def cancel_run(job_id: str) -> Any:
     except JobConflict as exc:  # already finished: show the page as it is
         return render_run(job_id, errors=problems_of(exc), status=exc.status)
     return redirect(url_for("gallery.run_page", job_id=job.id), code=303)
+
+
+@bp.post("/runs/bulk")
+def tidy_runs() -> Any:
+    """Archive, restore or delete the selected runs (runs page) or one run (its page); deleting asks first."""
+    check_form()
+    action, ids = request.form.get("action", ""), request.form.getlist("ids")
+    back = safe_next(request.form.get("return_to"))
+    if not ids:
+        return render_runs(errors=[{"field": "ids", "message": "select one or more runs first"}], status=400)
+    if action == "delete" and request.form.get("confirm") != "1":
+        runs = []
+        for job_id in ids[:PAGE_MAX]:
+            with contextlib.suppress(JobNotFound):  # gone meanwhile: nothing to confirm
+                runs.append(job_out(services().jobs.get(job_id), API_PREFIX, history=False))
+        counts = services().jobs.child_counts([r["id"] for r in runs])
+        return render_template("confirm_delete.html", runs=runs, children=counts, back=back)
+    results = services().jobs.bulk(action, ids, cascade=request.form.get("cascade") == "1")
+    failed = [r for r in results if not r["ok"]]
+    if failed:
+        return render_runs(errors=[{"field": r["id"][:8], "message": r["detail"]} for r in failed],
+                           status=failed[0]["status"])
+    # A deleted run's page is gone: go back to the list instead.
+    return redirect(url_for("gallery.runs") if action == "delete" and back.startswith("/runs/") else back, code=303)
+
+
+@bp.post("/runs/<job_id>/edit")
+def edit_run(job_id: str) -> Any:
+    """The run page's edit form: name, comma-separated tags, note."""
+    check_form()
+    form = request.form
+    body = {"name": form.get("name", "").strip() or None, "note": form.get("note", "").strip() or None,
+            "tags": [tag.strip() for tag in form.get("tags", "").split(",") if tag.strip()]}
+    try:
+        services().jobs.edit(job_id, body)
+    except SpecError as exc:
+        return render_run(job_id, errors=problems_of(exc), status=exc.status)
+    return redirect(url_for("gallery.run_page", job_id=job_id), code=303)
 
 
 @bp.post("/runs/<job_id>/rerun")

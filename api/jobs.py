@@ -38,13 +38,15 @@ def read_json_body() -> Any:
         raise Problem(400, "Bad Request", f"the request body is not valid JSON: {exc}", slug="invalid-json") from None
 
 
-def page_arguments() -> dict[str, Any]:
-    """The list filters of a request's query string, for JobService.page (GET /jobs and the runs page).
+def page_arguments(pairs: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """The list filters of a request's query string (or of ``pairs``), for JobService.page (GET /jobs and the
+    runs page).
 
     A parameter neither knows is a 400 naming it: a misspelt filter must not quietly show every run.
     """
-    where = parse_filter(request.args.items(multi=True))
-    return {**{name: request.args.get(name) for name in PAGE_PARAMETERS}, "where": where}
+    pairs = list(request.args.items(multi=True)) if pairs is None else pairs
+    first = {name: value for name, value in reversed(pairs)}
+    return {**{name: first.get(name) for name in PAGE_PARAMETERS}, "where": parse_filter(pairs)}
 
 
 def flag(name: str) -> bool:

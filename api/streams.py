@@ -50,6 +50,7 @@ def job_event(job: Job, *, history: bool) -> dict[str, Any]:
     return {
         "id": job.id, "state": job.state, "attempts": job.attempts, "progress": progress,
         "cancel_requested": job.cancel_requested,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
         "error": {"type": job.error_type, "message": job.error_message or ""} if job.error_type else None,
     }
 

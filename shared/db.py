@@ -132,6 +132,11 @@ class Job(Base):
     )
 
 
+def child_name(kind: str, parent: Job) -> str:
+    """ "evaluate of seed notebook": a run made from another is named after it, so lists show names, not ids."""
+    return f"{kind} of {parent.name or parent.kind + ' ' + parent.id[:8]}"[:200]
+
+
 class Artifact(Base):
     __tablename__ = "artifacts"
 

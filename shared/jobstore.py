@@ -29,7 +29,7 @@ from sqlalchemy import delete, func, insert, literal, select, union_all, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from shared.db import Artifact, Job, JobMetric, JobState, Lease, Worker, utcnow
+from shared.db import Artifact, Job, JobMetric, JobState, Lease, Worker, child_name, utcnow
 from shared.errors import JobConflict, JobNotFound
 from shared.kinds import KINDS, get_kind
 
@@ -267,11 +267,12 @@ class JobStore:
         if kind.finale is not None and claim.kind == kind.finale(group.spec):
             return []  # the group's report is not one of its children to follow up
         made = []
+        child = s.get(Job, claim.job_id)
         for follow_kind, fields in kind.follow_up(group.spec, claim.job_id):
             follow = get_kind(follow_kind)
             spec = follow.parse(fields)
             job = Job(kind=follow.name, spec=spec.to_dict(), parent_id=claim.job_id, queue=follow.queue(spec),
-                      max_attempts=self.max_attempts, tags=[])
+                      max_attempts=self.max_attempts, tags=[], name=child_name(follow.name, child))
             s.add(job)
             s.flush()
             made.append((job.id, job.queue))

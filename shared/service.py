@@ -24,7 +24,7 @@ from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
 
-from shared.db import FINISHED_STATES, Artifact, Job, JobMetric, JobState, utcnow
+from shared.db import FINISHED_STATES, Artifact, Job, JobMetric, JobState, child_name, utcnow
 from shared.errors import (IdempotencyKeyReused, JobConflict, JobNotFinished, JobNotFound, LatentForgeError, ParentNotReady,
                            QueryError, RunHasChildren, SpecError)
 from shared.jobstore import JobStore
@@ -110,8 +110,11 @@ class JobService:
         if kind.internal:
             raise SpecError([("kind", f"{kind.name} jobs are made by the queue itself ({kind.help}), not submitted")])
         spec = kind.parse(request.spec)
-        parent_id = self._check_parent(kind, spec)
-        fields = dict(kind=kind.name, spec=spec.to_dict(), name=request.name, tags=request.tags, parent_id=parent_id,
+        parent = self._check_parent(kind, spec)
+        # A run made from another is named after it unless the request names it: lists show names, not ids.
+        name = request.name or (child_name(kind.name, parent) if parent is not None else None)
+        fields = dict(kind=kind.name, spec=spec.to_dict(), name=name, tags=request.tags,
+                      parent_id=parent.id if parent is not None else None,
                       queue=kind.queue(spec), idempotency_key=idempotency_key, request_hash=fingerprint)
         with self.sessions() as session:
             try:
@@ -148,7 +151,7 @@ class JobService:
             raise IdempotencyKeyReused(f"Idempotency-Key {key!r} was already used with a different request")
         return existing
 
-    def _check_parent(self, kind: JobKind, spec: Spec) -> str | None:
+    def _check_parent(self, kind: JobKind, spec: Spec) -> Job | None:
         """The parent a kind needs: it exists, is of an allowed kind, fits the request and has succeeded."""
         rule = kind.parent
         if rule is None:
@@ -166,7 +169,7 @@ class JobService:
         if parent.state != JobState.SUCCEEDED.value:
             raise ParentNotReady(f"{field}: job {parent.id} is {parent.state}; {kind.name} needs a"
                                  f" {' or '.join(rule.kinds)} job that has succeeded")
-        return parent.id
+        return parent
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -257,6 +260,14 @@ class JobService:
         with self.sessions() as session:
             return list(session.scalars(select(Job).where(Job.parent_id == job_id)
                                         .options(*LOADED).order_by(Job.created_at)))
+
+    def names(self, job_ids: list[str]) -> dict[str, str]:
+        """{id: name} of these jobs (their kind and short id when unnamed), for links to them."""
+        if not job_ids:
+            return {}
+        with self.sessions() as session:
+            rows = session.execute(select(Job.id, Job.name, Job.kind).where(Job.id.in_(job_ids))).all()
+        return {row.id: row.name or f"{row.kind} {row.id[:8]}" for row in rows}
 
     def child_counts(self, job_ids: list[str]) -> dict[str, int]:
         if not job_ids:

@@ -22,10 +22,34 @@ function updateProgress(root, data) {
     bar.value = 100;
   }
   if (label && of) label.textContent = done + "/" + of + (p.doing && data.state === "running" ? " " + p.doing : "");
+  const eta = root.querySelector('[data-role="eta"]');
+  if (eta) eta.textContent = timeLeft(data, eta);
   const losses = root.querySelector('[data-role="losses"]');
   if (losses && typeof p.train_loss === "number") {
     losses.textContent = p.train_loss.toFixed(4) + " / " + p.test_loss.toFixed(4);
   }
+}
+
+// "1 min 05 s", as the server's duration filter writes it (api/humane.py).
+function duration(seconds) {
+  let s = Math.max(0, Math.round(seconds));
+  const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60);
+  s %= 60;
+  const two = (n) => String(n).padStart(2, "0");
+  if (d) return d + " d " + h + " h";
+  if (h) return h + " h " + two(m) + " min";
+  if (m) return m + " min " + two(s) + " s";
+  return s + " s";
+}
+
+// A running job's time left from its pace so far; what the cell said before once it has ended.
+function timeLeft(data, cell) {
+  const p = data.progress || {};
+  const [done, of] = p.total ? [p.epoch, p.total] : p.steps ? [p.step, p.steps] : [0, 0];
+  const started = data.started_at || cell.dataset.started;
+  if (data.state !== "running" || !done || !of || !started) return data.state === "running" ? "" : cell.textContent;
+  const elapsed = (Date.now() - Date.parse(started)) / 1000;
+  return duration((elapsed / done) * Math.max(0, of - done)) + " left";
 }
 
 async function showThumbnail(row, jobId) {
