@@ -284,7 +284,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         address.parent.mkdir(parents=True, exist_ok=True)
         address.write_text(url + "\n")
         client = Client(url, settings.api_token)
-        if not args.no_seed and not client.page(limit=1).items:
+        if not args.no_seed and not client.page(limit=1, archived="all").items:
             job = client.submit("train", {"preset": "seed"}, name="seed notebook",
                                 idempotency_key="latentforge-up-first-seed-run")
             print(f"queued the seed preset as job {job.id}", flush=True)
@@ -543,7 +543,10 @@ def tidy_jobs(client: Any, args: argparse.Namespace) -> int:
                 print(f"{result.id}: {done}")
             else:
                 failed += 1
-                print(f"{result.id}: not {done}: {result.detail or f'HTTP {result.status}'}", file=sys.stderr)
+                why = result.detail or f"HTTP {result.status}"
+                if args.action == "delete" and "cascade" in why and not args.cascade:
+                    why += " (here: jobs delete --cascade)"
+                print(f"{result.id}: not {done}: {why}", file=sys.stderr)
     return 1 if failed else 0
 
 

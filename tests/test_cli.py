@@ -235,7 +235,8 @@ def test_jobs_edit_delete_and_download(api, tmp_path):
     assert len(children) == 2
     refused = cli(api, "jobs", "delete", sweep["id"], run["id"], "--yes")
     assert refused.returncode == 1 and refused.stdout.strip() == f"{run['id']}: deleted"
-    assert "has 2 children" in refused.stderr or "cascade" in refused.stderr
+    assert refused.stderr.startswith(f"{sweep['id']}: not deleted: job {sweep['id']} has 2 run(s) made from it")
+    assert refused.stderr.rstrip().endswith("(here: jobs delete --cascade)")
     cascaded = cli(api, "jobs", "delete", sweep["id"], "--cascade", "-y")
     assert cascaded.returncode == 0 and cascaded.stdout.strip() == f"{sweep['id']}: deleted"
     for gone in [run["id"], sweep["id"], *children]:

@@ -30,6 +30,8 @@ def test_up_starts_the_stack_queues_the_seed_run_and_prints_the_gallery(tmp_path
         assert f"gallery http://127.0.0.1:{port}/" in text and "queued the seed preset" in text
         # Embedded defaults: everything under ./var of where it was started.
         assert (tmp_path / "var" / "latentforge.db").is_file() and (tmp_path / "var" / "broker").is_dir()
+        # Client commands run here without --url follow this port (latentforge/client.py: default_url).
+        assert (tmp_path / "var" / "api.url").read_text() == f"http://127.0.0.1:{port}\n"
         jobs = requests.get(f"http://127.0.0.1:{port}/api/v1/jobs", timeout=10).json()["items"]
         assert len(jobs) == 1 and jobs[0]["name"] == "seed notebook" and jobs[0]["spec"]["preset"] == "seed"
         assert jobs[0]["spec"]["epochs"] == 50
@@ -46,6 +48,7 @@ def test_up_starts_the_stack_queues_the_seed_run_and_prints_the_gallery(tmp_path
         os.kill(proc.pid, signal.SIGTERM)
         code = proc.wait(timeout=60)
     assert code == 0, log.read_text()[-3000:]
+    assert not (tmp_path / "var" / "api.url").exists()
     # Its API and worker went with it.
     def leftovers() -> str:
         return subprocess.run(["ps", "-o", "pid=,args=", "-s", str(proc.pid)], capture_output=True, text=True).stdout.strip()
