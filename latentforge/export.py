@@ -158,7 +158,10 @@ def local_artifacts(job: Mapping[str, Any], folder: str | Path) -> list[tuple[di
     root = Path(folder)
     found = []
     for artifact in job.get("artifacts") or []:
-        path = root.joinpath(*PurePosixPath(artifact["name"]).parts)
+        name = PurePosixPath(artifact["name"])
+        if name.is_absolute() or ".." in name.parts or "\\" in artifact["name"]:
+            raise ExportError(f"artifact {artifact['name']!r} of job {job['id']} could leave the run's folder")
+        path = root.joinpath(*name.parts)
         if not path.is_file():
             raise ExportError(f"{path}: not found (artifact {artifact['name']} of job {job['id']})")
         found.append((artifact, path))

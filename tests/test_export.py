@@ -167,3 +167,24 @@ def test_an_unfinished_job_is_refused(stack, job, tmp_path):
     finally:
         stack.post(f"/jobs/{running['id']}/cancel")
     assert stack.wait_job(running["id"], timeout=60)["state"] == "cancelled"
+
+
+@pytest.mark.parametrize("name", ["../outside.png", "/etc/passwd", "figures/../../x.png", "figures\\..\\x.png"])
+def test_artifact_names_that_could_leave_the_folder_are_refused(tmp_path, name):
+    from latentforge.export import ExportError, local_artifacts
+
+    job = {"id": "j1", "state": "succeeded", "artifacts": [{"name": name, "kind": "figure"}]}
+    with pytest.raises(ExportError, match="could leave the run's folder"):
+        local_artifacts(job, tmp_path)
+
+
+def test_the_tensorboard_export_needs_neither_torch_nor_the_server_libraries(job, tmp_path):
+    """An export of a saved job (its JSON and files) in a Python that imports only what it needs."""
+    (tmp_path / "job.json").write_text(json.dumps({**job, "artifacts": []}))
+    code = ("import json, sys; from latentforge import export; "
+            f"export.to_tensorboard(json.load(open({str(tmp_path / 'job.json')!r})), {str(tmp_path)!r}, {str(tmp_path / 'tb')!r}); "
+            "print(' '.join(sorted({n.split('.')[0] for n in sys.modules})))")
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    assert "tensorboard" in loaded
+    assert not loaded & {"torch", "tensorflow", "flask", "celery", "sqlalchemy"}, loaded
+    assert len(list((tmp_path / "tb").glob("*/events.out.tfevents.*"))) == 1
