@@ -376,7 +376,7 @@ def final_metrics(jobs: list[dict[str, Any]]) -> list[str]:
     keys = ["train_loss", "test_loss"]
     for job in jobs:
         keys += [k for k, v in job["progress"].items() if isinstance(v, (int, float)) and k not in keys
-                 and k not in NOT_METRICS]
+                 and k not in NOT_METRICS and not k.startswith("lr")]  # a learning rate is a setting, not a result
     return keys
 
 

@@ -17,7 +17,7 @@ from api.schemas import JobList, JobOut, ProblemOut
 from api.streams import MAX_JOBS_PER_STREAM
 from shared.db import JobState
 from shared.kinds import KINDS, JobKind
-from shared.specs import JobCreate, Spec
+from shared.specs import JobCreate, RunEdit, Spec
 
 bp = Blueprint("openapi", __name__)
 docs_bp = Blueprint("api_docs", __name__)
@@ -75,7 +75,7 @@ def _require_tag_off_default(spec: type[Spec], schemas: dict[str, Any]) -> None:
 def _schemas() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
     documents = [(model.__name__, model.model_json_schema(ref_template=REF))
-                 for model in (JobCreate, JobOut, JobList, ProblemOut)]
+                 for model in (JobCreate, JobOut, JobList, ProblemOut, RunEdit)]
     documents += [(kind.spec.__name__, kind.spec.json_schema(REF)) for kind in KINDS.values()]
     for name, schema in documents:
         schemas.update(schema.pop("$defs", {}))
@@ -124,6 +124,14 @@ STREAM = {"description": "events 'progress' (the job's state, attempts, error an
           "content": {"text/event-stream": {"schema": {"type": "string"}}}}
 
 
+BULK_RESULT = {"type": "object", "properties": {"id": {"type": "string"}, "ok": {"type": "boolean"},
+                                                "status": {"type": "integer"},
+                                                "detail": {"type": ["string", "null"]}}}
+BULK_RESULTS = {"description": "one result per id, in the order given: the status its own call would have answered",
+                "content": {"application/json": {"schema": {"type": "object", "properties": {
+                    "results": {"type": "array", "items": BULK_RESULT}}}}}}
+
+
 def build_document() -> dict[str, Any]:
     kinds = list(KINDS)
     states = [s.value for s in JobState]
@@ -166,6 +174,10 @@ def build_document() -> dict[str, Any]:
                 },
                 "get": {
                     "summary": "List jobs, newest first or ranked by a metric", "operationId": "listJobs",
+                    "description": "Besides the parameters below, `spec.<field>=<value>` filters by any spec field,"
+                                   " e.g. `spec.model=vae` or `spec.latent_dim=2`: the value is read as JSON when it"
+                                   " is JSON (2 equals 2.0, `[256,128]` is a list), else as a string. A field that"
+                                   " no kind's spec has, or any other unknown parameter, is a 400 naming it.",
                     "parameters": [
                         _filter("kind", {"type": "string", "enum": [*kinds, ""]}, "only jobs of this kind"),
                         _filter("state", {"type": "string", "enum": [*states, ""]}, "only jobs in this state"),
@@ -180,14 +192,69 @@ def build_document() -> dict[str, Any]:
                                         " (ascending / descending) for any metric a run records: final losses"
                                         " (test_loss, ...) and scorecard metrics (knn_accuracy, ...); runs without"
                                         " it come last. An unknown key is a 400 naming it."},
+                        {"name": "tag", "in": "query", "style": "form", "explode": True,
+                         "schema": {"type": "array", "items": {"type": "string", "maxLength": 50}, "maxItems": 20},
+                         "description": "repeatable (?tag=a&tag=b): runs that carry every given tag"},
+                        _filter("q", {"type": "string", "maxLength": 200}, "runs whose name contains this text"
+                                                                           " (any case)"),
+                        _filter("created_after", {"type": "string"}, "ISO 8601 date or date-time (UTC without a"
+                                                                     " zone): runs created at or after it"),
+                        _filter("created_before", {"type": "string"}, "ISO 8601 date or date-time: runs created"
+                                                                      " before it"),
+                        {"name": "archived", "in": "query", "schema": {"type": "string", "enum": ["0", "1", "all"],
+                                                                       "default": "0"},
+                         "description": "0: live runs only (archived ones are hidden), 1: archived only, all: both"},
                     ],
-                    "responses": _responses({"200": _json("JobList", "a page of jobs")}, **{"400": "bad query parameter"}),
+                    "responses": _responses({"200": _json("JobList", "a page of jobs")},
+                                            **{"400": "bad or unknown query parameter (named in errors[].field)"}),
                 },
             },
-            "/jobs/{job_id}": {"get": {"summary": "A job with progress and artifacts", "operationId": "getJob",
-                                       "parameters": [JOB_ID],
-                                       "responses": _responses({"200": _json("JobOut", "the job")},
-                                                               **{"404": "no such job"})}},
+            "/jobs/{job_id}": {
+                "get": {"summary": "A job with progress and artifacts", "operationId": "getJob",
+                        "parameters": [JOB_ID],
+                        "responses": _responses({"200": _json("JobOut", "the job")}, **{"404": "no such job"})},
+                "patch": {"summary": "Edit a run's name, tags or note", "operationId": "editJob",
+                          "parameters": [JOB_ID], "security": BEARER,
+                          "requestBody": {"required": True, "content": {"application/json": {
+                              "schema": {"$ref": REF.format(model="RunEdit")}}}},
+                          "responses": _responses({"200": _json("JobOut", "the edited job")},
+                                                  **{"404": "no such job", "415": "body is not JSON",
+                                                     "422": "invalid or unknown fields (listed)"})},
+                "delete": {"summary": "Delete a finished run, its rows and its files", "operationId": "deleteJob",
+                           "parameters": [JOB_ID, {"name": "cascade", "in": "query",
+                                                   "schema": {"type": "boolean", "default": False},
+                                                   "description": "also delete every run made from it"}],
+                           "security": BEARER,
+                           "responses": _responses({"204": {"description": "deleted"}}, **{
+                               "404": "no such job",
+                               "409": "queued or running (job-not-finished), has runs made from it and no"
+                                      " cascade (has-children), or part of a sweep"})},
+            },
+            "/jobs/{job_id}/archive": {"post": {
+                "summary": "Archive a finished run and the runs made from it (hidden from lists, restorable)",
+                "operationId": "archiveJob", "parameters": [JOB_ID], "security": BEARER,
+                "responses": _responses({"200": _json("JobOut", "the archived job")},
+                                        **{"404": "no such job", "409": "it or a run below it is unfinished"})}},
+            "/jobs/{job_id}/restore": {"post": {
+                "summary": "Restore an archived run and the runs made from it", "operationId": "restoreJob",
+                "parameters": [JOB_ID], "security": BEARER,
+                "responses": _responses({"200": _json("JobOut", "the restored job")}, **{"404": "no such job"})}},
+            "/jobs/bulk": {"post": {
+                "summary": "Archive, restore or delete several runs", "operationId": "bulkJobs", "security": BEARER,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["action", "ids"], "additionalProperties": False,
+                    "properties": {"action": {"type": "string", "enum": ["archive", "restore", "delete"]},
+                                   "ids": {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                                           "maxItems": 200},
+                                   "cascade": {"type": "boolean", "default": False}}}}}},
+                "responses": _responses({"200": BULK_RESULTS}, **{"422": "bad action or ids"})}},
+            "/jobs/{job_id}/download": {"get": {
+                "summary": "A finished run as one zip: every artifact and manifest.json (the job, each sha256)",
+                "operationId": "downloadJob", "parameters": [JOB_ID],
+                "responses": _responses({"200": {"description": "the zip (Content-Disposition: attachment)",
+                                                 "content": {"application/zip": {}}}},
+                                        **{"404": "no such job", "409": "the run has not finished",
+                                           "410": "a file is no longer stored or no longer matches its sha256"})}},
             "/jobs/{job_id}/cancel": {"post": {
                 "summary": "Cancel a job", "operationId": "cancelJob", "parameters": [JOB_ID], "security": BEARER,
                 "responses": _responses({"202": _json("JobOut", "cancelled (queued) or asked to stop (running)")},

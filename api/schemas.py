@@ -30,6 +30,9 @@ class JobOut(BaseModel):
     kind: str
     name: str | None
     tags: list[str]
+    note: str | None
+    archived: bool  # hidden from lists unless archived=1 or all
+    archived_at: datetime | None
     spec: dict[str, Any]
     state: str
     progress: dict[str, Any]
