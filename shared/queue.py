@@ -4,7 +4,9 @@ Settings are for long GPU jobs: late acknowledgement (a message is acked
 only after its job ran), rejection when the worker is lost, one message
 prefetched at a time, and a visibility timeout longer than any job runs, set
 in every place Celery reads it. There is no result backend: a job's state is
-read from the database only.
+read from the database only. With Redis, workers send Celery's task events and
+heartbeats and answer remote control, so Flower and ``celery -A shared.queue
+inspect ...`` see them (they observe; they decide nothing).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from celery import Celery
 from kombu.transport import filesystem
 from kombu.utils import json as kombu_json
 
-from shared.settings import Settings
+from shared.settings import Settings, load_settings
 
 TASK_NAME = "latentforge.run_job"
 QUEUES = ("gpu", "cpu")
@@ -65,8 +67,22 @@ def filesystem_folders(settings: Settings) -> dict[str, Path]:
             "control_folder": root / "control"}
 
 
-def make_celery(settings: Settings) -> Celery:
-    app = Celery("latentforge", broker=settings.broker_url, set_as_current=False)
+def celery_monitored(settings: Settings) -> bool:
+    """Whether workers send task events and heartbeats and answer remote control (Flower, ``celery inspect``).
+
+    On with Redis unless ``LATENTFORGE_CELERY_EVENTS=0``. Off with the
+    filesystem broker: it has no publish/subscribe, so it writes every event
+    as a file into each queue ever bound to the event exchange, and a Flower
+    that stopped (even cleanly) stays bound: a file every 2 s per worker that
+    nobody reads, in the folder each poll lists (seen in a trial). Redis fans
+    events and broadcasts out by publish/subscribe, which keeps nothing.
+    """
+    return settings.celery_events and not settings.uses_embedded_broker
+
+
+def make_celery(settings: Settings, cls: type[Celery] = Celery) -> Celery:
+    app = cls("latentforge", broker=settings.broker_url, set_as_current=False)
+    monitored = celery_monitored(settings)
     transport_options: dict = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
     if settings.uses_embedded_broker:
         folders = filesystem_folders(settings)
@@ -88,10 +104,14 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
         worker_concurrency=1,
-        worker_pool="solo",  # jobs run in the worker's own process: nothing forks after CUDA starts
+        # Jobs run in the worker's own process (nothing forks after CUDA starts), one at a time, on the pool's
+        # one thread: the main thread stays in Celery's consumer loop, so heartbeats and remote control are
+        # answered while a job runs (the solo pool ran the job inside that loop: silent for the whole job).
+        worker_pool="threads",
         worker_max_tasks_per_child=None,
-        worker_enable_remote_control=False,
-        worker_send_task_events=False,
+        worker_enable_remote_control=monitored,
+        worker_send_task_events=monitored,
+        task_send_sent_event=monitored,
         worker_hijack_root_logger=False,
         broker_transport_options=transport_options,
         result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
@@ -105,6 +125,37 @@ def make_celery(settings: Settings) -> Celery:
         enable_utc=True,
     )
     return app
+
+
+class ToolsCelery(Celery):
+    """The app of Celery's own tools (inspect, control, events, Flower): it observes, and runs no worker.
+
+    Why: ``celery -A shared.queue worker`` would take job messages without the
+    job's task registered, and Celery drops such a message; workers are
+    ``latentforge worker``.
+    """
+
+    @property
+    def Worker(self) -> Any:  # noqa: N802 (Celery's name)
+        raise SystemExit("shared.queue's app is for Celery's tools (inspect, control, events, flower); "
+                         "start workers with `latentforge worker`")
+
+
+_tools_app: Celery | None = None
+
+
+def __getattr__(name: str) -> Any:
+    """``shared.queue.app``: the app of ``celery -A shared.queue inspect ...`` and ``... flower``.
+
+    Built from the settings on first access, not at import: the API and the
+    worker import this module and build apps of their own.
+    """
+    global _tools_app
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _tools_app is None:
+        _tools_app = make_celery(load_settings(), ToolsCelery)
+    return _tools_app
 
 
 def publish(app: Celery, job_id: str, queue: str) -> None:

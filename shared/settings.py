@@ -32,6 +32,8 @@ class Settings(BaseModel):
     home: Path = Path("./var")
     database_url: str = ""  # default: a SQLite file under home
     broker_url: str = "filesystem://"  # Celery's filesystem transport under home
+    # Celery's task events, worker heartbeats and remote control (Flower, `celery inspect`), with a Redis broker.
+    celery_events: bool = True
     artifact_dir: Path = Path()  # default: home/artifacts
     # Where artifacts live (shared/storage.py): file:///path, or s3://bucket/prefix for workers on hosts that
     # share no disk (credentials from boto3's chain; s3_endpoint_url for SeaweedFS, MinIO, ...). Unset: artifact_dir.

@@ -41,7 +41,7 @@ from shared.jobstore import ArtifactRecord, Claim, JobStore
 from shared.kinds import RunContext, RunOutput, get_kind, load_plugins
 from shared.logs import JobLogFile, current_job, job_context, use_json
 from shared.migrate import check_schema
-from shared.queue import QUEUES, TASK_NAME, held_job_ids, make_celery, parse_job_id, publish
+from shared.queue import QUEUES, TASK_NAME, celery_monitored, held_job_ids, make_celery, parse_job_id, publish
 from shared.settings import Settings
 from shared.storage import ArtifactMismatch, ArtifactNameError, StoreUnavailable, artifact_key, open_store
 from worker.files import sha256_of
@@ -115,15 +115,20 @@ class JobWorker:
             signals.after_setup_task_logger.connect(self._json_lines, weak=False)
 
     def start(self, loglevel: str = "INFO") -> int:
-        """Run Celery in this process: one job at a time, in the main thread (nothing forks after CUDA starts).
+        """Run Celery in this process: one job at a time, on the thread pool's one thread (nothing forks after
+        CUDA starts), while the main thread keeps Celery's consumer loop: with a Redis broker it sends
+        heartbeats and answers ``celery inspect`` during a job. Gossip and mingle stay off: no worker
+        needs the others' events or revoked ids (cancels live in the database), and mingle's wait for
+        replies would slow every start.
 
         Returns Celery's exit status (``worker_main`` drops it: a worker that
         died of an unrecoverable error would look like one that was stopped).
         """
         return self.app.start([
-            "worker", "--queues", ",".join(self.queues), "--pool", "solo", "--concurrency", "1", "--loglevel", loglevel,
-            "--hostname", self.name.replace(":", "-") + "@%h", "--without-gossip", "--without-mingle",
-            "--without-heartbeat",
+            "worker", "--queues", ",".join(self.queues), "--pool", "threads", "--concurrency", "1",
+            "--loglevel", loglevel, "--hostname", self.name.replace(":", "-") + "@%h",
+            "--without-gossip", "--without-mingle",
+            *(() if celery_monitored(self.settings) else ("--without-heartbeat",)),
         ]) or 0
 
     # -- Celery's signals ---------------------------------------------------------------------
