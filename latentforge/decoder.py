@@ -31,9 +31,10 @@ class LatentDecoder(nn.Module):
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, device: str | torch.device = "cpu") -> "LatentDecoder":
-        """From a checkpoint folder (config.json and model.safetensors), in eval mode on ``device``."""
+        """From a checkpoint folder (config.json and model.safetensors), on ``device``, for decoding: in eval
+        mode with its weights frozen, so images come out as plain tensors (``.requires_grad_()`` to train it)."""
         model, config = load_model(folder, device)
-        return cls(model, config).eval()
+        return cls(model, config).eval().requires_grad_(False)
 
     def forward(self, z: Any) -> torch.Tensor:
         weight = next(self.decoder.parameters())
