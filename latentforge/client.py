@@ -20,6 +20,7 @@ problem document; an API that does not answer is an :class:`ApiUnreachable`.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import hashlib
 import json
@@ -634,7 +635,7 @@ class Client:
                 return
             cursor = page.next_cursor
 
-    def list(self, **filters: Any) -> list[Run]:
+    def list(self, **filters: Any) -> builtins.list[Run]:
         """:meth:`jobs` as a list (pass ``limit`` to bound it)."""
         return list(self.jobs(**filters))
 
@@ -671,7 +672,7 @@ class Client:
         self.request("DELETE", f"/jobs/{_job_id(job)}", query=[("cascade", "true")] if cascade else ())
 
     def bulk(self, action: Literal["archive", "restore", "delete"], jobs: Iterable[JobRef],
-             cascade: bool = False) -> list[BulkResult]:
+             cascade: bool = False) -> builtins.list[BulkResult]:
         """Archive, restore or delete up to 200 runs in one call; one result per id, in the order given
         (a refusal of one does not stop the others)."""
         body = {"action": action, "ids": [_job_id(job) for job in jobs], "cascade": cascade}
