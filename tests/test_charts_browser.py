@@ -3,14 +3,15 @@ run's history (losses, learning rates, seconds, samples/s) can be drawn, hovered
 smoothed, on the run page and overlaid per run on the compare page.
 
 The values are read back from what the page draws and shows (path coordinates, the tooltip's data-value and
-data-raw) and checked against the history the API returns. The final screenshots are copied to
-docs/screenshots/charts-run.png and charts-compare.png.
+data-raw) and checked against the history the API returns. With LATENTFORGE_UPDATE_DOCS=1 the final
+screenshots are also copied to docs/screenshots/charts-run.png and charts-compare.png (the README's).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import os
 import shutil
 from pathlib import Path
 
@@ -113,11 +114,11 @@ def press(page, root: str, metric: str, on: bool) -> None:
 
 
 def publish(page, selector: str, name: str) -> None:
-    """A screenshot of the chart's panel into test-output/screenshots/ and, for the README, docs/screenshots/."""
+    """A screenshot of the chart's panel into test-output/screenshots/ and, when asked, the README's docs/screenshots/."""
     target = SHOTS / f"{name}.png"
     page.locator(selector).screenshot(path=str(target))
-    DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(target, DOCS_SHOTS / f"{name}.png")
+    if os.environ.get("LATENTFORGE_UPDATE_DOCS") == "1":  # a test run must not dirty the checkout
+        shutil.copyfile(target, DOCS_SHOTS / f"{name}.png")
 
 
 def test_the_run_page_charts_every_metric_with_hover_log_scale_and_smoothing(stack, runs, page):
