@@ -10,8 +10,8 @@ screenshots are also copied to docs/screenshots/charts-run.png and charts-compar
 from __future__ import annotations
 
 import math
-import re
 import os
+import re
 import shutil
 from pathlib import Path
 
