@@ -222,6 +222,27 @@ def test_json_logs_carry_the_job_on_every_line(stack, jobs):
     assert {401, 200} <= {e["status"] for e in access} and all(e["duration_ms"] >= 0 for e in access)
 
 
+SUPERVISE_A_FAILING_CHILD = """
+import logging, sys
+from latentforge.supervisor import supervise
+from shared.settings import load_settings
+logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s/supervisor] %(message)s")  # as the CLI
+sys.exit(supervise([sys.executable, "-c", "import sys; sys.exit(3)"], load_settings()))
+"""
+
+
+def test_the_supervisor_logs_json_too(stack):
+    """A child that exits at once: the supervisor's line about it is JSON (then SIGTERM stops it during its wait)."""
+    proc = subprocess.Popen([sys.executable, "-c", SUPERVISE_A_FAILING_CHILD], cwd=REPO, env=stack.env,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    first = json.loads(proc.stderr.readline())
+    proc.terminate()
+    rest = proc.communicate(timeout=30)[1]
+    assert first["logger"] == "latentforge.supervisor" and first["level"] == "ERROR", first
+    assert re.fullmatch(r"its worker process \d+ exited with status 3", first["message"])
+    assert all(json.loads(line)["logger"] == "latentforge.supervisor" for line in rest.splitlines() if line.strip())
+
+
 def test_each_job_keeps_its_log_lines_as_log_txt(stack, jobs):
     trained, failed = jobs["trained"], jobs["failed"]
     log_file = artifact(trained, "log.txt")
