@@ -21,7 +21,7 @@ from flask import Blueprint, Response, current_app, g, redirect, render_template
 
 from api.auth import can_write, safe_next, sign_in, signed_in
 from api.context import API_PREFIX, services
-from api import humane
+from shared import humane
 from api.errors import Problem
 from api.jobs import page_arguments
 from api.schemas import job_out

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from shared import humane
 from shared.kinds import KINDS, form_value, load_plugins
 from shared.settings import SettingsError, load_settings
 from shared.specs import DEVICES, PRESETS, SpecError, TrainSpec
@@ -388,33 +389,6 @@ def print_scorecard(job: dict[str, Any]) -> None:
         print(f"  {prop.label:<24} {shown:>6}{detail}")
 
 
-def ago(moment: datetime, now: datetime) -> str:
-    """``moment`` as people say it: "42 s ago", "3 min ago", "5 h ago", "2 days ago", then the date."""
-    seconds = max(0, int((now - moment).total_seconds()))
-    if seconds < 60:
-        return f"{seconds} s ago"
-    if seconds < 3600:
-        return f"{seconds // 60} min ago"
-    if seconds < 86400:
-        return f"{seconds // 3600} h ago"
-    if seconds < 7 * 86400:
-        days = seconds // 86400
-        return f"{days} day{'s' if days > 1 else ''} ago"
-    return moment.astimezone().strftime("%Y-%m-%d")
-
-
-def span(length: timedelta) -> str:
-    """A duration in its two largest units: "42 s", "3 min 20 s", "2 h 05 min", "3 d 4 h"."""
-    seconds = max(0, int(length.total_seconds()))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    if seconds < 86400:
-        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
-
-
 def job_row(run: Any, now: datetime, sort: str | None = None) -> str:
     """One line of `jobs list`: id, kind, state, progress, age, run time (ETA while running), name."""
     progress = run.progress
@@ -423,16 +397,16 @@ def job_row(run: Any, now: datetime, sort: str | None = None) -> str:
     else:
         where = f"{progress.get('epoch')}/{progress.get('total')}" if progress.get("total") else ""
     took = run.duration(now)
-    timing = "" if took is None else span(took)
+    timing = "" if took is None else humane.duration(took.total_seconds())
     if (eta := run.eta(now)) is not None:
-        timing += f", ETA {span(eta)}"
+        timing += f", ETA {humane.duration(eta.total_seconds())}"
     ranked = ""
     if sort and "metrics." in sort:
         value = run.metrics.get(sort.split("metrics.", 1)[1])
         ranked = f"{'-' if value is None else f'{value:.4g}':>10}  "
     tags = f"  [{', '.join(run.tags)}]" if run.tags else ""
     archived = "  (archived)" if run.archived else ""
-    return (f"{run.id}  {run.kind:<8} {run.state:<9} {where:>7}  {ago(run.created_at, now):>12}  {timing:<22}"
+    return (f"{run.id}  {run.kind:<8} {run.state:<9} {where:>7}  {humane.ago(run.created_at, now):>12}  {timing:<22}"
             f" {ranked}{run.name or ''}{tags}{archived}").rstrip()
 
 

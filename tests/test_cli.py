@@ -133,18 +133,19 @@ def test_the_default_address_follows_a_running_up(tmp_path):
 def test_times_durations_and_eta_read_as_people_say_them():
     from datetime import datetime, timedelta, timezone
 
-    from latentforge.cli import ago, job_row, span
+    from latentforge.cli import job_row
     from latentforge.client import Run
+    from shared.humane import ago, duration, eta
 
     now = datetime(2025, 5, 1, 12, 0, tzinfo=timezone.utc)
     assert [ago(now - timedelta(seconds=s), now) for s in (5, 200, 7300, 90000, 200000)] == [
-        "5 s ago", "3 min ago", "2 h ago", "1 day ago", "2 days ago"]
-    assert [span(timedelta(seconds=s)) for s in (42, 200, 7500, 100000)] == ["42 s", "3 min 20 s", "2 h 05 min", "1 d 3 h"]
+        "5 s ago", "3 min ago", "2 h ago", "1 d ago", "2 d ago"]
+    assert [duration(s) for s in (42, 200, 7500, 100000)] == ["42 s", "3 min 20 s", "2 h 05 min", "1 d 3 h"]
     running = Run.from_json({"id": "j1", "kind": "train", "state": "running", "name": "vae z=2", "tags": ["demo"],
                              "created_at": (now - timedelta(minutes=5)).isoformat(),
                              "started_at": (now - timedelta(seconds=60)).isoformat(),
                              "progress": {"epoch": 2, "total": 10}})
-    assert running.eta(now) == timedelta(seconds=240)
+    assert running.eta(now) == timedelta(seconds=240) and eta(running.raw, now) == 240  # the gallery's ETA agrees
     assert job_row(running, now) == ("j1  train    running      2/10     5 min ago  1 min 00 s, ETA 4 min 00 s"
                                      " vae z=2  [demo]")
     done = Run.from_json({**running.raw, "state": "succeeded", "finished_at": (now - timedelta(seconds=10)).isoformat(),

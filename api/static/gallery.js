@@ -30,7 +30,7 @@ function updateProgress(root, data) {
   }
 }
 
-// "1 min 05 s", as the server's duration filter writes it (api/humane.py).
+// "1 min 05 s", as the server's duration filter writes it (shared/humane.py).
 function duration(seconds) {
   let s = Math.max(0, Math.round(seconds));
   const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60);

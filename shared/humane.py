@@ -1,6 +1,7 @@
 """Times as people read them: "3 min ago", "1 h 05 min", and a running job's time left.
 
-The pages show these, with the exact ISO time in a tooltip; the API keeps ISO 8601.
+The gallery's pages (with the exact ISO time in a tooltip) and the CLI's lists show these; the API keeps
+ISO 8601.
 """
 
 from __future__ import annotations
