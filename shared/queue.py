@@ -107,6 +107,9 @@ def make_celery(settings: Settings, cls: type[Celery] = Celery) -> Celery:
         # Jobs run in the worker's own process (nothing forks after CUDA starts), one at a time, on the pool's
         # one thread: the main thread stays in Celery's consumer loop, so heartbeats and remote control are
         # answered while a job runs (the solo pool ran the job inside that loop: silent for the whole job).
+        # The price: after a broker reconnect mid-job the new channel's prefetch is free again, so the worker
+        # may reserve one more message behind its running job (seen with Redis restarted); that job waits
+        # for the running one, or the lost-message check hands it to another worker after the stale timeout.
         worker_pool="threads",
         worker_max_tasks_per_child=None,
         worker_enable_remote_control=monitored,

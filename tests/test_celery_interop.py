@@ -150,7 +150,8 @@ def test_events_are_off_with_the_filesystem_broker_and_by_the_switch(tmp_path):
 
 
 def test_the_tools_app_refuses_to_run_a_worker(tmp_path):
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LATENTFORGE_")}, "LATENTFORGE_HOME": str(tmp_path)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTFORGE_")}
+    env["LATENTFORGE_HOME"] = str(tmp_path)
     result = subprocess.run([sys.executable, "-m", "celery", "-A", "shared.queue", "worker"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
