@@ -32,7 +32,7 @@ test: $(STAMP)
 
 # The fault-injection suite alone (private PostgreSQL and Redis servers; prints the fault table).
 test-reliability: $(STAMP)
-	$(PY) -m pytest -m reliability tests/reliability
+	LATENTFORGE_TEST_CHECKPOINT_KILLS=20 $(PY) -m pytest -m reliability tests/reliability
 
 # docker-compose.yml itself under Podman (tests/compose): stand-in base images, the project's images,
 # a staged `podman-compose up`, the end-to-end jobs, a worker killed mid-training, `down -v`.

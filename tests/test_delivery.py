@@ -58,9 +58,9 @@ def test_each_of_20_jobs_runs_exactly_once_even_when_delivered_twice(stack):
 
 
 @pytest.mark.parametrize("spec", [
-    {"epochs": 16, "device": "cpu"},
+    {"epochs": 8, "device": "cpu"},
     # A kind with a prior: three optimizers and a prior draw every batch, all restored on resume.
-    {"model": "aae", "prior": "mixture", "epochs": 10, "device": "cpu"},
+    {"model": "aae", "prior": "mixture", "epochs": 8, "device": "cpu"},
 ], ids=["ae", "aae"])
 def test_sigkill_mid_training_resumes_on_the_other_worker(stack, spec):
     job = stack.submit("train", spec)
