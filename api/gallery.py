@@ -31,6 +31,7 @@ from shared.artifacts import HEADLINE_FIGURES, ArtifactKind, thumbnail_name
 from shared.db import JobState
 from shared.errors import JobConflict, JobNotFound, LatentForgeError, QueryError, SpecError
 from shared.kinds import KINDS, JobKind, form_fields, form_value, get_kind
+from shared.search import RunFilter
 from shared.service import PAGE_MAX
 from shared.specs import SEED_PRESET
 from shared.study import study_spec
@@ -257,8 +258,9 @@ def render_run(job_id: str, errors: list[dict[str, str]] | None = None, status: 
     sweep = None
     if job["kind"] == "sweep":
         sort = request.args.get("sort") or None
+        # An archived sweep's runs are archived with it, and its page still shows them.
         ranked = jobs.page(parent=job["id"], kind="train", sort=sort, limit=PAGE_MAX,
-                           cursor=request.args.get("cursor") or None)
+                           cursor=request.args.get("cursor") or None, where=RunFilter(archived="all"))
         sweep = sweep_view(job, [job_out(j, API_PREFIX, history=False) for j in ranked.items], sort)
         sweep.update(sort=sort, next_cursor=ranked.next_cursor, rows_json=json.dumps(sweep["rows"]),
                      sort_choices=sort_choices(jobs.metric_names()),

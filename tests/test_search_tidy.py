@@ -201,3 +201,26 @@ def test_bulk_answers_each_id_as_its_own_call_would(env):
         with pytest.raises(SpecError) as caught:
             service.bulk(action, given)
         assert caught.value.errors[0][0] == field
+
+
+def test_an_archived_sweep_s_page_still_lists_its_runs(tmp_path):
+    from api import create_app
+
+    settings = load_settings({"LATENTFORGE_HOME": str(tmp_path)})
+    upgrade(settings.database_url)
+    app = create_app(settings)
+    service = app.config["LATENTFORGE"].jobs
+    sweep, _ = service.submit({"kind": "sweep", "name": "archived sweep",
+                               "spec": {"base": {"epochs": 1, "device": "cpu"}, "grid": {"latent_dim": [2, 3]},
+                                        "evaluate": False}})
+    children = [child.id for child in service.children(sweep.id)]
+    for child in children:
+        finish(service, child)
+    service.archive(sweep.id)
+    client = app.test_client()
+    assert client.get("/api/v1/jobs").json["items"] == []
+    page = client.get(f"/runs/{sweep.id}").get_data(as_text=True)
+    ranked = page.split('id="sweep-children"', 1)[1].split("</table>", 1)[0]  # the sweep's table of its runs
+    assert all(child in ranked for child in children)
+    listed = client.get(f"/?parent={sweep.id}&archived=all").get_data(as_text=True)
+    assert all(f'data-job-id="{child}"' in listed for child in children)
