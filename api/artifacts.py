@@ -159,7 +159,9 @@ def download_run(job_id: str) -> Response:
     job = services().jobs.get(job_id)
     if not JobState(job.state).finished:
         raise JobNotFinished(f"job {job.id} is {job.state}: a run can be downloaded once it has finished")
-    bundle = tempfile.SpooledTemporaryFile(max_size=32 << 20, dir=services().settings.scratch_dir)
+    scratch = services().settings.scratch_dir
+    scratch.mkdir(parents=True, exist_ok=True)  # a zip over 32 MiB spills here: the API's own scratch, not /tmp
+    bundle = tempfile.SpooledTemporaryFile(max_size=32 << 20, dir=scratch)
     try:
         with zipfile.ZipFile(bundle, "w", allowZip64=True) as archive:
             for artifact in job.artifacts:

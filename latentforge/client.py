@@ -40,6 +40,8 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence, TYPE_CHECKING, Union
 
+from shared import humane  # standard library only, like this module
+
 if TYPE_CHECKING:
     from latentforge.decoder import LatentDecoder
 
@@ -260,20 +262,13 @@ class Run:
 
     def duration(self, now: datetime | None = None) -> timedelta | None:
         """How long it ran (so far, while it runs); None before it started."""
-        if self.started_at is None:
-            return None
-        end = self.finished_at or (now or datetime.now(timezone.utc))
-        return max(end - self.started_at, timedelta(0))
+        seconds = humane.run_time(self.raw, now)
+        return None if seconds is None else timedelta(seconds=seconds)
 
     def eta(self, now: datetime | None = None) -> timedelta | None:
         """Time left while it runs, from the share of epochs (or steps) done so far; None when unknown."""
-        if self.state != "running" or (elapsed := self.duration(now)) is None:
-            return None
-        done, total = ((self.progress.get("step"), self.progress.get("steps")) if self.progress.get("steps")
-                       else (self.progress.get("epoch"), self.progress.get("total")))
-        if not done or not total or done >= total:
-            return None
-        return elapsed * ((total - done) / done)
+        seconds = humane.eta(self.raw, now)
+        return None if seconds is None else timedelta(seconds=seconds)
 
     def artifact(self, name: str) -> Artifact:
         """The artifact called ``name`` (``model.safetensors``, ``figures/latent_scatter.png``, ...)."""

@@ -54,7 +54,7 @@ def run_time(job: dict[str, Any], now: datetime | None = None) -> float | None:
     if started is None:
         return None
     ended = parse_iso(job.get("finished_at")) or now or datetime.now(timezone.utc)
-    return (ended - started).total_seconds()
+    return max(0.0, (ended - started).total_seconds())
 
 
 def eta(job: dict[str, Any], now: datetime | None = None) -> float | None:
@@ -65,6 +65,6 @@ def eta(job: dict[str, Any], now: datetime | None = None) -> float | None:
     done, total = (progress.get("epoch"), progress.get("total")) if progress.get("total") else (
         progress.get("step"), progress.get("steps"))
     elapsed = run_time(job, now)
-    if not done or not total or elapsed is None:
+    if not done or not total or done >= total or elapsed is None:
         return None
-    return elapsed / done * max(0, total - done)
+    return elapsed / done * (total - done)
