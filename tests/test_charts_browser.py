@@ -13,12 +13,11 @@ import math
 import os
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 
 from tests.stack import REPO
-from tests.test_gallery_browser import ARGS, CHROMIUM, SHOTS, Console, shot, sign_in
+from tests.test_gallery_browser import ARGS, CHROMIUM, SHOTS, shot, signed_in_page
 
 TOKEN = "charts-token-3b8e"
 DOCS_SHOTS = REPO / "docs" / "screenshots"
@@ -51,10 +50,7 @@ def page(stack):
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        context = browser.new_context(viewport={"width": 1300, "height": 900})
-        page = context.new_page()
-        page.console = Console(page)
-        sign_in(page, stack, TOKEN)
+        _, page = signed_in_page(browser, stack, TOKEN)
         yield page
         assert page.console.problems == [], page.console.problems
         browser.close()

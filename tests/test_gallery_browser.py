@@ -65,6 +65,15 @@ def sign_in(page, stack, token: str = TOKEN, *, go: bool = True) -> None:
         page.locator("#signin-form button[type=submit]").click()
 
 
+def signed_in_page(browser, stack, token: str, width: int = 1300, height: int = 900):
+    """A new context's page, its console watched, signed in with ``token``: (context, page)."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.console = Console(page)
+    sign_in(page, stack, token)
+    return context, page
+
+
 @pytest.fixture()
 def anonymous_page(browser):
     context = browser.new_context(viewport={"width": 1300, "height": 900})

@@ -15,7 +15,7 @@ import zipfile
 import pytest
 import requests
 
-from tests.test_gallery_browser import CHROMIUM, SHOTS, Console, browser, chromium_present, shot, sign_in  # noqa: F401
+from tests.test_gallery_browser import browser, chromium_present, shot, signed_in_page  # noqa: F401 (fixtures)
 
 TOKEN = "tidy-token-81c3"
 TINY = {"epochs": 1, "device": "cpu", "hidden": [32], "batch_size": 2048}
@@ -43,10 +43,7 @@ def runs(stack):
 
 @pytest.fixture()
 def page(browser, stack):
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    page.console = Console(page)
-    sign_in(page, stack, TOKEN)
+    context, page = signed_in_page(browser, stack, TOKEN, width=1400)
     yield page
     assert page.console.problems == [], page.console.problems
     context.close()
